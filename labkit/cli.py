@@ -1,0 +1,97 @@
+"""The ``labkit`` command: start and stop the embedded runtime, open the lab, and more."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from labkit import discovery, runtime
+from labkit.errors import LabkitError
+
+PROJECT = Path(__file__).resolve().parent.parent
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    """Start the embedded runtime (or report the running one)."""
+    runtime.up(args.port, threads=args.threads)
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    """Stop the embedded runtime that labkit started."""
+    runtime.down()
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Show every runtime that answers here."""
+    found = discovery.running_runtimes()
+    if not found:
+        print("No runtime is running. Start the embedded one with `labkit up`.")
+    for rt in found:
+        print(f"- {rt.name}: {rt.url} ({rt.dialect} dialect) — {rt.reason}")
+        print(f"    models: {', '.join(rt.models) or 'none'}")
+    return 0
+
+
+def cmd_which(args: argparse.Namespace) -> int:
+    """Say which runtime notebooks will use, and why."""
+    print(discovery.find_runtime(start=not args.no_start))
+    return 0
+
+
+def cmd_lab(args: argparse.Namespace) -> int:
+    """Start the runtime if needed, then JupyterLab on the course."""
+    rt = discovery.find_runtime()
+    print(f"Runtime: {rt}")
+    cmd = [sys.executable, "-m", "jupyter", "lab", f"--notebook-dir={PROJECT}"]
+    cmd += ["--ServerApp.ip=127.0.0.1", f"--ServerApp.port={args.port}"]
+    cmd += ["--LabApp.default_url=/lab/tree/notebooks/00-check-your-setup.ipynb"]
+    if args.headless:
+        cmd += ["--no-browser"]
+    print("Starting JupyterLab — stop it with Ctrl+C; stop the runtime with `labkit down`.")
+    return subprocess.call(cmd, env={**os.environ, "LABKIT_BASE_URL": rt.url})
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(prog="labkit", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, func: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=(func.__doc__ or "").strip())
+        p.set_defaults(func=func)
+        return p
+
+    p = add("up", cmd_up)
+    p.add_argument("--port", type=int, help=f"port for the runtime (default {runtime.DEFAULT_PORT})")
+    p.add_argument("--threads", type=int, help="CPU threads for the model")
+    add("down", cmd_down)
+    add("status", cmd_status)
+    p = add("which", cmd_which)
+    p.add_argument("--no-start", action="store_true", help="do not start the embedded runtime")
+    p = add("lab", cmd_lab)
+    p.add_argument("--headless", action="store_true", help="do not open a browser (servers)")
+    p.add_argument("--port", type=int, default=8888, help="JupyterLab's port (default 8888)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``labkit`` command; errors become one clear line and exit code 1."""
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except LabkitError as exc:
+        print(f"labkit: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

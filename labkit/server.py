@@ -1,0 +1,132 @@
+"""The embedded runtime process: llama.cpp for chat and embeddings, Ollama's dialect in front.
+
+Run by ``labkit up`` as ``python -m labkit.server --port N --state-dir DIR``; not meant to be
+imported by notebooks. It writes ``runtime.json`` once everything answers, and removes it
+when it stops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from labkit import runtime
+from labkit.errors import RuntimeStartError
+
+
+def start_llama(model: Path, alias: str, *, embedding: bool, threads: int) -> Any:
+    """Start one llama.cpp server on a free loopback port; returns the xllamacpp.Server."""
+    import xllamacpp  # imported here: only the runtime process needs the native library
+
+    params = xllamacpp.CommonParams()
+    params.model.path = str(model)
+    params.model_alias = {alias}  # a set: a model may have several names
+    params.port = 0  # let the OS pick; nobody talks to llama.cpp directly but the dialect
+    params.cpuparams.n_threads = threads
+    params.cpuparams_batch.n_threads = threads
+    params.endpoint_metrics = True
+    if embedding:
+        params.embedding = True
+        params.pooling_type = xllamacpp.llama_pooling_type.LLAMA_POOLING_TYPE_MEAN
+        # Four slots of 512 tokens (MiniLM's maximum); a whole input must fit one batch.
+        params.n_ctx = 2048
+        params.n_parallel = 4
+        params.n_batch = 2048
+        params.n_ubatch = 512
+    else:
+        # Four slots share the context: 2048 tokens each, enough for the course's prompts.
+        params.n_ctx = 8192
+        params.n_parallel = 4
+    return xllamacpp.Server(params)
+
+
+def wait_healthy(url: str, timeout: float = 30.0) -> None:
+    """Poll llama.cpp's /health until it says ok."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(requests.RequestException):
+            if requests.get(url + "/health", timeout=2).ok:
+                return
+        time.sleep(0.05)
+    raise RuntimeStartError(f"llama.cpp at {url} did not become healthy in {timeout:.0f} s")
+
+
+async def serve(port: int, state_dir: Path, threads: int) -> None:
+    """Start everything, publish the record, and serve until SIGTERM or SIGINT."""
+    from aiohttp import web
+
+    from labkit.ollama_dialect import Backend, create_app
+
+    chat_path, embed_path = runtime.chat_model_path(), runtime.embed_model_path()
+    chat = start_llama(chat_path, runtime.CHAT_MODEL, embedding=False, threads=threads)
+    embed = start_llama(embed_path, runtime.EMBED_MODEL, embedding=True, threads=threads)
+    for server in (chat, embed):
+        wait_healthy(server.listening_address)
+
+    backend = Backend(
+        llama_url=chat.listening_address,
+        embed_url=embed.listening_address,
+        chat_model=runtime.CHAT_MODEL,
+        embed_model=runtime.EMBED_MODEL,
+        chat_model_path=chat_path,
+        embed_model_path=embed_path,
+    )
+    app_runner = web.AppRunner(create_app(backend), access_log=None)
+    await app_runner.setup()
+    try:
+        await web.TCPSite(app_runner, "127.0.0.1", port).start()
+    except OSError as exc:
+        raise RuntimeStartError(f"Cannot listen on 127.0.0.1:{port}: {exc}") from exc
+
+    record = runtime.RuntimeRecord(
+        pid=os.getpid(),
+        url=f"http://127.0.0.1:{port}",
+        llama_url=chat.listening_address,
+        embed_url=embed.listening_address,
+        models=[runtime.CHAT_MODEL, runtime.EMBED_MODEL],
+        log=str(runtime.log_path(state_dir)),
+        started=time.time(),
+    )
+    runtime.write_record(record, state_dir)
+    print(f"labkit runtime ready at {record.url}", flush=True)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        with contextlib.suppress(OSError):
+            if (runtime.read_record(state_dir) or record).pid == record.pid:
+                runtime.record_path(state_dir).unlink(missing_ok=True)
+        await app_runner.cleanup()
+        del chat, embed  # the llama.cpp servers stop when their objects go
+    print("labkit runtime stopped", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the runtime process."""
+    parser = argparse.ArgumentParser(prog="python -m labkit.server")
+    parser.add_argument("--port", type=int, default=runtime.DEFAULT_PORT)
+    parser.add_argument("--state-dir", type=Path, default=runtime.home())
+    parser.add_argument("--threads", type=int, default=min(4, os.cpu_count() or 2))
+    args = parser.parse_args(argv)
+    try:
+        asyncio.run(serve(args.port, args.state_dir, args.threads))
+    except RuntimeStartError as exc:
+        print(f"labkit runtime failed to start: {exc}", flush=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
