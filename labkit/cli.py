@@ -68,7 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = add("up", cmd_up)
-    p.add_argument("--port", type=int, help=f"port for the runtime (default {runtime.DEFAULT_PORT})")
+    p.add_argument(
+        "--port", type=int, help=f"port for the runtime (default {runtime.DEFAULT_PORT})"
+    )
     p.add_argument("--threads", type=int, help="CPU threads for the model")
     add("down", cmd_down)
     add("status", cmd_status)

@@ -127,7 +127,9 @@ def find_runtime(*, start: bool = True) -> Runtime:
     return _embedded(record, found, "no other runtime was running, so labkit started its own")
 
 
-def _embedded(record: runtime.RuntimeRecord, found: tuple[str, tuple[str, ...]], why: str) -> Runtime:
+def _embedded(
+    record: runtime.RuntimeRecord, found: tuple[str, tuple[str, ...]], why: str
+) -> Runtime:
     return Runtime("embedded (llama.cpp + Ollama API)", record.url, found[0], why, found[1])
 
 

@@ -176,7 +176,15 @@ def up(
         )
     state_dir.mkdir(parents=True, exist_ok=True)
     log = log_path(state_dir)
-    cmd = [sys.executable, "-m", "labkit.server", "--port", str(port), "--state-dir", str(state_dir)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "labkit.server",
+        "--port",
+        str(port),
+        "--state-dir",
+        str(state_dir),
+    ]
     if threads:
         cmd += ["--threads", str(threads)]
     with open(log, "ab") as log_file:
@@ -194,7 +202,9 @@ def up(
     return record
 
 
-def _wait_until_ready(proc: subprocess.Popen[bytes], state_dir: Path, timeout: float) -> RuntimeRecord:
+def _wait_until_ready(
+    proc: subprocess.Popen[bytes], state_dir: Path, timeout: float
+) -> RuntimeRecord:
     """Wait for the server's record; stop it and explain if it dies or takes too long."""
     log = log_path(state_dir)
     deadline = time.monotonic() + timeout
@@ -211,7 +221,9 @@ def _wait_until_ready(proc: subprocess.Popen[bytes], state_dir: Path, timeout: f
     proc.terminate()
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(5)
-    raise RuntimeStartError(f"The runtime did not become healthy in {timeout:.0f} s. See the log: {log}")
+    raise RuntimeStartError(
+        f"The runtime did not become healthy in {timeout:.0f} s. See the log: {log}"
+    )
 
 
 def _tail(path: Path, lines: int = 8) -> str:

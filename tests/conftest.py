@@ -1,0 +1,56 @@
+"""Shared fixtures: every live test runs against a real runtime, started once per test run.
+
+The pytest controller process (not the xdist workers) makes sure the kit's embedded runtime
+is up before any test starts, and stops it afterwards only if it started it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from labkit import discovery, runtime
+
+_started_here = False
+
+
+def _is_controller(config: pytest.Config) -> bool:
+    return not hasattr(config, "workerinput")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _started_here
+    if _is_controller(config) and runtime.read_record() is None:
+        runtime.up(say=False)
+        _started_here = True
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _is_controller(config) and _started_here:
+        runtime.down(say=False)
+
+
+@pytest.fixture(scope="session")
+def embedded() -> runtime.RuntimeRecord:
+    """The kit's embedded runtime (llama.cpp behind the Ollama dialect)."""
+    record = runtime.read_record()
+    assert record is not None, "the embedded runtime should have been started by conftest"
+    return record
+
+
+@pytest.fixture(scope="session")
+def rt() -> discovery.Runtime:
+    """The runtime a notebook would use here (the one labkit finds)."""
+    return discovery.find_runtime(start=False)
+
+
+@pytest.fixture
+def isolated_home(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[object]:
+    """A private LABKIT_HOME, so a test's own runtime never touches the shared one."""
+    home = tmp_path_factory.mktemp("labkit-home")
+    monkeypatch.setenv("LABKIT_HOME", str(home))
+    yield home
+    runtime.down(state_dir=home, say=False)
