@@ -1,5 +1,6 @@
 """labkit: the helpers that the Local LLM Lab notebooks import."""
 
+from labkit.clients import Client, Reply, Stream, Timeout
 from labkit.discovery import Runtime, find_runtime
 from labkit.errors import (
     InvalidModelOutput,
@@ -13,14 +14,18 @@ from labkit.errors import (
 )
 
 __all__ = [
+    "Client",
     "InvalidModelOutput",
     "LabkitError",
     "LabkitTimeout",
     "ModelNotFound",
     "NotImplementedYet",
+    "Reply",
     "Runtime",
     "RuntimeStartError",
     "RuntimeUnavailable",
     "ServerError",
+    "Stream",
+    "Timeout",
     "find_runtime",
 ]

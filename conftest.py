@@ -1,4 +1,4 @@
-"""Shared fixtures: every live test runs against a real runtime, started once per test run.
+"""Shared by tests/ and the notebooks: every live test runs against a real runtime, started once.
 
 The pytest controller process (not the xdist workers) makes sure the kit's embedded runtime
 is up before any test starts, and stops it afterwards only if it started it.
