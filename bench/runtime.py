@@ -66,10 +66,10 @@ def main() -> None:
         print(f"run {run + 1}/{args.runs}: cold start {starts[-1]:.2f} s", flush=True)
     print()
     print(f"{'figure':<32}{'median':>10}{'min':>10}{'max':>10}")
-    for name, values, unit in [
-        ("cold start to healthy (s)", starts, ""),
-        ("time to first token (ms)", [v * 1000 for v in firsts], ""),
-        ("decode speed (tokens/s)", speeds, unit),
+    for name, values in [
+        ("cold start to healthy (s)", starts),
+        ("time to first token (ms)", [v * 1000 for v in firsts]),
+        ("decode speed (tokens/s)", speeds),
     ]:
         print(
             f"{name:<32}{statistics.median(values):>10.2f}{min(values):>10.2f}{max(values):>10.2f}"
