@@ -57,6 +57,15 @@ def cmd_lab(args: argparse.Namespace) -> int:
     return subprocess.call(cmd, env={**os.environ, "LABKIT_BASE_URL": rt.url})
 
 
+def cmd_faults(args: argparse.Namespace) -> int:
+    """Run a fault-injecting proxy in front of a runtime until Ctrl+C."""
+    from labkit import faults
+
+    target = args.target or discovery.find_runtime(start=False).url
+    faults.serve(target, args.rule, port=args.port)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     parser = argparse.ArgumentParser(prog="labkit", description=__doc__)
@@ -79,6 +88,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("lab", cmd_lab)
     p.add_argument("--headless", action="store_true", help="do not open a browser (servers)")
     p.add_argument("--port", type=int, default=8888, help="JupyterLab's port (default 8888)")
+    p = add("faults", cmd_faults)
+    p.add_argument("--target", help="the runtime's URL (default: the one labkit finds)")
+    p.add_argument("--port", type=int, default=0, help="the proxy's port (default: any free one)")
+    p.add_argument(
+        "--rule",
+        action="append",
+        default=[],
+        help="FAULT [/PATH] [times=N every=N after=N for=S chance=P], repeatable; "
+        'e.g. "503 /api/chat times=2", "reset@3 /v1/*", "latency=0.5"',
+    )
     return parser
 
 

@@ -1,0 +1,866 @@
+"""A fault-injecting proxy: put it between a client and a runtime to see how the client copes.
+
+The proxy forwards every HTTP request to the real runtime (the embedded one, Ollama, LM Studio,
+a llama.cpp server) and passes the answer back, streams chunk by chunk. Rules make it misbehave
+on purpose for chosen paths, on a schedule::
+
+    with FaultProxy(target=rt.url) as proxy:
+        proxy.add(Fault.status(503), path="/api/chat", times=2)   # first 2 fail, then pass
+        client = Client(proxy.url, dialect="ollama")
+        client.chat("Hi")
+        [(r.path, r.status, r.fault) for r in proxy.requests]     # what the client really did
+
+A rule is a ``Fault`` (what goes wrong) plus a schedule (``times``, ``every``, ``after``,
+``duration``, ``chance``). Faults add up: ``Fault.latency(0.5) + Fault.status(503)``.
+Of the rules whose path matches, the first one whose schedule is due decides; a request no
+rule takes passes untouched. ``proxy.requests`` records every exchange.
+
+The proxy runs its own event loop in a background thread, listens on 127.0.0.1 only, and
+leaves no thread or socket behind once stopped (hung requests are cut off at stop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fnmatch
+import json
+import random
+import socket
+import struct
+import threading
+import time
+from collections.abc import AsyncGenerator, Callable
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+import aiohttp
+from aiohttp import web
+
+from labkit.errors import LabkitError
+
+Action = Literal["pass", "status", "hang", "reset", "truncate", "malformed", "not_found"]
+
+STREAM_TYPES = ("text/event-stream", "application/x-ndjson")
+# Headers that describe one connection or the body's framing, not the message: the proxy
+# re-frames bodies itself, so it must not copy these across.
+_HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "te",
+        "trailer",
+        "upgrade",
+        "content-length",
+        "content-encoding",
+        "host",
+        "date",
+        "server",
+    }
+)
+_REASONS = {
+    429: "too many requests, slow down",
+    500: "internal server error",
+    502: "bad gateway",
+    503: "server busy, try again later",
+    504: "gateway timeout",
+}
+_MARK = " (fault injected by labkit.faults)"
+
+
+class FaultSpecError(LabkitError, ValueError):
+    """A fault, rule or schedule that cannot be understood (the message says why)."""
+
+
+# --- what goes wrong ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Fault:
+    """What the proxy does to one request. Build one with the class methods; add two to combine."""
+
+    action: Action = "pass"
+    delay: float = 0.0  # seconds before the request is forwarded (or the fault answers)
+    jitter: float = 0.0  # up to this many extra seconds, at random, on top of ``delay``
+    first_byte: float = 0.0  # seconds between the response headers and the first body byte
+    chunk_delay: float = 0.0  # seconds between forwarded chunks of a stream
+    code: int = 0  # the HTTP status of a "status" or "not_found" fault
+    retry_after: float | None = None  # the Retry-After header sent with a status fault
+    after_chunks: int | None = None  # hang/reset/truncate/malformed after this many chunks
+
+    @classmethod
+    def latency(cls, seconds: float, jitter: float = 0.0) -> Fault:
+        """Wait ``seconds`` (plus up to ``jitter`` at random) before forwarding the request."""
+        return cls(delay=_non_negative(seconds, "seconds"), jitter=_non_negative(jitter, "jitter"))
+
+    @classmethod
+    def slow_first_byte(cls, seconds: float) -> Fault:
+        """Send the response headers at once but hold the body back for ``seconds``."""
+        return cls(first_byte=_non_negative(seconds, "seconds"))
+
+    @classmethod
+    def slow_stream(cls, seconds_per_chunk: float) -> Fault:
+        """Wait ``seconds_per_chunk`` between the chunks (tokens) of a streamed answer."""
+        return cls(chunk_delay=_non_negative(seconds_per_chunk, "seconds_per_chunk"))
+
+    @classmethod
+    def hang(cls, after_chunks: int | None = None) -> Fault:
+        """Answer nothing, connection open (after ``after_chunks`` chunks or half a body)."""
+        return cls(action="hang", after_chunks=_chunks(after_chunks))
+
+    @classmethod
+    def status(cls, code: int, retry_after: float | None = None) -> Fault:
+        """Answer with HTTP ``code`` (500, 503, 429, ...) and an error body in the path's dialect."""
+        if not 400 <= code <= 599:
+            raise FaultSpecError(f"A status fault needs an error code (400-599), not {code}.")
+        if retry_after is not None:
+            _non_negative(retry_after, "retry_after")
+        return cls(action="status", code=code, retry_after=retry_after)
+
+    @classmethod
+    def rate_limited(cls, retry_after: float = 1.0) -> Fault:
+        """HTTP 429 with a ``Retry-After`` header."""
+        return cls.status(429, retry_after=retry_after)
+
+    @classmethod
+    def reset(cls, after_chunks: int | None = None) -> Fault:
+        """Reset the connection before answering, or after ``after_chunks`` chunks / half a body."""
+        return cls(action="reset", after_chunks=_chunks(after_chunks))
+
+    @classmethod
+    def truncate(cls, after_chunks: int = 1) -> Fault:
+        """End a stream cleanly after ``after_chunks`` chunks without its final line (a body: half)."""
+        return cls(action="truncate", after_chunks=_chunks(after_chunks))
+
+    @classmethod
+    def malformed(cls, after_chunks: int = 0) -> Fault:
+        """Break the JSON of the body (or of the stream line after ``after_chunks`` chunks)."""
+        return cls(action="malformed", after_chunks=_chunks(after_chunks))
+
+    @classmethod
+    def model_not_found(cls) -> Fault:
+        """HTTP 404 saying the requested model does not exist, in the path's dialect."""
+        return cls(action="not_found", code=404)
+
+    @classmethod
+    def parse(cls, text: str) -> Fault:
+        """A fault from its short form: ``503``, ``latency=0.5``, ``reset@3``, ``latency=1+503``."""
+        fault = cls()
+        for part in text.split("+"):
+            fault = fault + _parse_one(part.strip())
+        return fault
+
+    def __add__(self, other: Fault) -> Fault:
+        """Both faults at once: the delays of each and at most one action."""
+        if self.action != "pass" and other.action != "pass":
+            raise FaultSpecError(f"Cannot combine two actions ({self} and {other}); pick one.")
+        main = other if other.action != "pass" else self
+        return replace(
+            main,
+            delay=self.delay + other.delay,
+            jitter=self.jitter + other.jitter,
+            first_byte=self.first_byte + other.first_byte,
+            chunk_delay=self.chunk_delay + other.chunk_delay,
+        )
+
+    def __str__(self) -> str:
+        parts = []
+        if self.delay or self.jitter:
+            parts.append(f"latency {self.delay:g}s" + (f"±{self.jitter:g}" if self.jitter else ""))
+        if self.first_byte:
+            parts.append(f"first byte +{self.first_byte:g}s")
+        if self.chunk_delay:
+            parts.append(f"{self.chunk_delay:g}s between chunks")
+        if self.action == "status":
+            hint = f" retry-after {self.retry_after:g}" if self.retry_after is not None else ""
+            parts.append(f"{self.code}{hint}")
+        elif self.action == "not_found":
+            parts.append("model not found")
+        elif self.action != "pass":
+            where = f" after {self.after_chunks} chunks" if self.after_chunks is not None else ""
+            parts.append(self.action + where)
+        return " + ".join(parts) or "pass"
+
+
+def _non_negative(value: float, name: str) -> float:
+    if value < 0:
+        raise FaultSpecError(f"{name} must be 0 or more, not {value}.")
+    return float(value)
+
+
+def _chunks(value: int | None) -> int | None:
+    if value is not None and value < 0:
+        raise FaultSpecError(f"after_chunks must be 0 or more, not {value}.")
+    return value
+
+
+def _parse_one(part: str) -> Fault:
+    name, _, arg = part.partition("=")
+    if "@" in name:  # reset@3 is short for "reset after 3 chunks"
+        name, _, arg = name.partition("@")
+    name = name.strip().lower().replace("-", "_")
+    try:
+        if name.isdigit():
+            return Fault.status(int(name))
+        number = float(arg) if arg else None
+        if name in ("latency", "delay"):
+            return Fault.latency(number or 0.0)
+        if name in ("first_byte", "slow_first_byte"):
+            return Fault.slow_first_byte(number or 0.0)
+        if name in ("slow_stream", "chunk_delay"):
+            return Fault.slow_stream(number or 0.0)
+        count = int(number) if number is not None else None
+        if name == "hang":
+            return Fault.hang(count)
+        if name == "reset":
+            return Fault.reset(count)
+        if name == "truncate":
+            return Fault.truncate(1 if count is None else count)
+        if name == "malformed":
+            return Fault.malformed(count or 0)
+        if name in ("not_found", "notfound", "model_not_found"):
+            return Fault.model_not_found()
+    except ValueError as exc:
+        raise FaultSpecError(f"Bad fault {part!r}: {exc}") from exc
+    raise FaultSpecError(
+        f"Unknown fault {part!r}. Use a status code (503), latency=S, first_byte=S, "
+        "slow_stream=S, hang[@N], reset[@N], truncate@N, malformed[@N] or not_found."
+    )
+
+
+# --- when it goes wrong ------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class Rule:
+    """A fault, the requests it applies to, and its schedule; counts its own hits."""
+
+    fault: Fault
+    path: str = "*"  # a glob ("/v1/*") or a path prefix ("/api/chat")
+    method: str | None = None  # e.g. "POST"; None matches every method
+    times: int | None = None  # inject at most this many times, then let requests pass
+    every: int | None = None  # only every n-th matching request (n, 2n, ...)
+    after: int = 0  # let this many matching requests pass first
+    duration: float | None = None  # only during the first ``duration`` seconds
+    chance: float | None = None  # inject with this probability (0-1)
+    hits: int = 0  # matching requests seen
+    applied: int = 0  # faults injected
+    created: float = field(default_factory=time.monotonic)
+
+    def __post_init__(self) -> None:
+        for name in ("times", "every"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise FaultSpecError(f"{name} must be 1 or more, not {value}.")
+        if self.after < 0:
+            raise FaultSpecError(f"after must be 0 or more, not {self.after}.")
+        if self.chance is not None and not 0.0 <= self.chance <= 1.0:
+            raise FaultSpecError(f"chance must be between 0 and 1, not {self.chance}.")
+        if not self.path.startswith(("/", "*")):
+            raise FaultSpecError(f"A rule's path must start with / (or be *), not {self.path!r}.")
+
+    def matches(self, method: str, path: str) -> bool:
+        """True if this rule is about requests like this one (schedule aside)."""
+        if self.method and self.method.upper() != method.upper():
+            return False
+        if any(c in self.path for c in "*?["):
+            return fnmatch.fnmatchcase(path, self.path)
+        prefix = self.path.rstrip("/")
+        return path == self.path or path.startswith(prefix + "/")
+
+    def due(self, rng: random.Random) -> bool:
+        """Count one matching request and say whether the schedule wants the fault on it."""
+        self.hits += 1
+        n = self.hits - self.after
+        if n < 1 or (self.times is not None and self.applied >= self.times):
+            return False
+        if self.every is not None and n % self.every:
+            return False
+        if self.duration is not None and time.monotonic() - self.created > self.duration:
+            return False
+        return self.chance is None or rng.random() < self.chance
+
+    def __str__(self) -> str:
+        values = {k: getattr(self, k) for k in ("times", "every", "after", "duration", "chance")}
+        schedule = [f"{k}={v:g}" for k, v in values.items() if v]
+        method = f"{self.method} " if self.method else ""
+        return f"{self.fault} on {method}{self.path}" + (
+            f" ({', '.join(schedule)})" if schedule else ""
+        )
+
+
+def parse_rule(text: str) -> Rule:
+    """A rule from one line: ``"503 /api/chat times=2"``, ``"reset@3 /v1/* every=5"``."""
+    words = text.split()
+    if not words:
+        raise FaultSpecError('An empty rule; write e.g. "503 /api/chat times=2".')
+    fault, path, options = Fault.parse(words[0]), "*", {}
+    for word in words[1:]:
+        if word.startswith(("/", "*")):
+            path = word
+            continue
+        key, eq, value = word.partition("=")
+        if not eq:
+            raise FaultSpecError(
+                f"Cannot read {word!r} in rule {text!r}: expected a /path or key=value."
+            )
+        options[key.lower().replace("-", "_")] = value
+    kwargs: dict[str, Any] = {}
+    try:
+        for key, value in options.items():
+            if key in ("times", "every", "after"):
+                kwargs[key] = int(value)
+            elif key in ("for", "duration"):
+                kwargs["duration"] = float(value.removesuffix("s"))
+            elif key == "chance":
+                kwargs["chance"] = float(value.removesuffix("%")) / (100 if "%" in value else 1)
+            elif key == "method":
+                kwargs["method"] = value.upper()
+            elif key == "jitter":
+                fault = replace(fault, jitter=_non_negative(float(value), "jitter"))
+            elif key == "retry_after":
+                fault = replace(fault, retry_after=_non_negative(float(value), "retry_after"))
+            else:
+                raise FaultSpecError(
+                    f"unknown option {key!r} (use times, every, after, for, chance, method, "
+                    "jitter, retry_after)"
+                )
+        return Rule(fault, path, **kwargs)
+    except ValueError as exc:
+        raise FaultSpecError(f"Bad rule {text!r}: {exc}") from exc
+
+
+# --- what happened -----------------------------------------------------------------------------
+
+
+@dataclass
+class Exchange:
+    """One request through the proxy and what came of it (times in seconds)."""
+
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]
+    body: Any  # parsed JSON when the body is JSON, else text, else None
+    started: float  # wall-clock time (time.time()) when the request arrived
+    fault: str | None = None  # the fault injected, None if the request passed untouched
+    status: int | None = None  # None when no status line was sent (reset, hang)
+    first_byte: float | None = None  # from arrival to the first body byte sent back
+    total: float | None = None  # from arrival to the end; None while still in flight
+    chunks: int = 0  # body chunks sent back (stream lines, or 1 for a whole body)
+    error: str | None = None  # what cut the exchange short, if anything
+
+    def __str__(self) -> str:
+        status = self.status if self.status is not None else "---"
+        took = f"{self.total:.3f}s" if self.total is not None else "in flight"
+        fault = f" [{self.fault}]" if self.fault else ""
+        error = f" ({self.error})" if self.error else ""
+        stamp = time.strftime("%H:%M:%S", time.localtime(self.started))
+        return f"{stamp} {self.method} {self.path} -> {status} {took}{fault}{error}"
+
+
+# --- the proxy ---------------------------------------------------------------------------------
+
+
+class FaultProxy:
+    """An HTTP proxy on 127.0.0.1 that forwards to ``target`` and injects the faults you add."""
+
+    def __init__(
+        self,
+        target: str | None = None,
+        *,
+        port: int = 0,
+        seed: int | None = None,
+        on_exchange: Callable[[Exchange], None] | None = None,
+        stop_timeout: float = 2.0,
+    ) -> None:
+        if target is None:
+            from labkit.discovery import find_runtime  # only when asked to find the runtime
+
+            target = find_runtime(start=False).url
+        self.target = target.rstrip("/")
+        self.port = port
+        self.on_exchange = on_exchange  # called (in the proxy's thread) when an exchange ends
+        self.stop_timeout = stop_timeout
+        self._rng = random.Random(seed)
+        self._rules: list[Rule] = []
+        self._log: list[Exchange] = []
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._runner: web.AppRunner | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._stopping: asyncio.Event | None = None
+        self._active: set[asyncio.Task[Any]] = set()
+
+    # -- rules and records (called from any thread) --
+
+    def add(
+        self,
+        fault: Fault | str,
+        path: str = "*",
+        *,
+        method: str | None = None,
+        times: int | None = None,
+        every: int | None = None,
+        after: int = 0,
+        duration: float | None = None,
+        chance: float | None = None,
+    ) -> Rule:
+        """Inject ``fault`` into requests on ``path`` per the schedule; returns the rule."""
+        if isinstance(fault, str):
+            fault = Fault.parse(fault)
+        rule = Rule(fault, path, method, times, every, after, duration, chance)
+        return self.add_rule(rule)
+
+    def add_rule(self, rule: Rule) -> Rule:
+        """Add a rule made elsewhere (e.g. by ``parse_rule``); rules are tried in order."""
+        with self._lock:
+            self._rules.append(rule)
+        return rule
+
+    def remove(self, rule: Rule) -> None:
+        """Stop applying ``rule``."""
+        with self._lock:
+            self._rules = [r for r in self._rules if r is not rule]
+
+    def clear(self) -> None:
+        """Remove every rule and forget every recorded exchange."""
+        with self._lock:
+            self._rules.clear()
+            self._log.clear()
+
+    @property
+    def rules(self) -> list[Rule]:
+        """The rules, in the order they are tried."""
+        with self._lock:
+            return list(self._rules)
+
+    @property
+    def requests(self) -> list[Exchange]:
+        """Every exchange so far, oldest first (in-flight ones included)."""
+        with self._lock:
+            return list(self._log)
+
+    def wait_idle(self, timeout: float = 2.0) -> bool:
+        """Wait until no exchange is in flight; False if some still are after ``timeout``."""
+        # A client can finish reading a few moments before the proxy has recorded the end.
+        deadline = time.monotonic() + timeout
+        while any(e.total is None for e in self.requests):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.005)
+        return True
+
+    @property
+    def url(self) -> str:
+        """The address clients should use instead of the runtime's."""
+        if not self.port:
+            raise LabkitError("The fault proxy is not started yet: use `with FaultProxy(...)`.")
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def openai_url(self) -> str:
+        """Base URL for OpenAI-style clients."""
+        return self.url + "/v1"
+
+    # -- start and stop --
+
+    def start(self) -> FaultProxy:
+        """Start listening (returns self); ``url`` is valid from then on."""
+        if self._thread is not None:
+            return self
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        self._thread = threading.Thread(
+            target=loop.run_forever, name="labkit-fault-proxy", daemon=True
+        )
+        self._thread.start()
+        try:
+            self.port = asyncio.run_coroutine_threadsafe(self._start(), loop).result(timeout=10)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Stop: cut off requests in flight, close every socket, end the thread."""
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+        try:
+            if loop.is_running():
+                future = asyncio.run_coroutine_threadsafe(self._stop(), loop)
+                with contextlib.suppress(Exception):
+                    future.result(timeout=self.stop_timeout + 5)
+        finally:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(timeout=5)
+            if not thread.is_alive():
+                loop.close()
+            self._loop = self._thread = None
+
+    def __enter__(self) -> FaultProxy:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    async def _start(self) -> int:
+        self._stopping = asyncio.Event()
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=None),  # the client under test owns timeouts
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        # handler_cancellation: when a client gives up, its request's task is cancelled too,
+        # so a hung or slow exchange never outlives the connection it belongs to.
+        self._runner = web.AppRunner(
+            app, access_log=None, handler_cancellation=True, shutdown_timeout=self.stop_timeout
+        )
+        await self._runner.setup()
+        # Bind the socket ourselves so port 0 (any free port) tells us which one we got.
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("127.0.0.1", self.port))
+        except OSError as exc:
+            sock.close()
+            raise LabkitError(
+                f"The fault proxy cannot listen on 127.0.0.1:{self.port} ({exc.strerror}). "
+                "Pick another port, or 0 for any free one."
+            ) from exc
+        await web.SockSite(self._runner, sock).start()
+        return int(sock.getsockname()[1])
+
+    async def _stop(self) -> None:
+        assert self._stopping is not None
+        self._stopping.set()
+        for task in list(self._active):
+            task.cancel()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._session is not None:
+            await self._session.close()
+        # A target given by host name resolves in the loop's thread pool; end those threads.
+        loop = asyncio.get_running_loop()
+        await loop.shutdown_default_executor()
+
+    # -- one request --
+
+    def _pick(self, method: str, path: str) -> Rule | None:
+        """The first rule that matches and is due; every matching rule counts the request."""
+        chosen = None
+        with self._lock:
+            for rule in self._rules:
+                if rule.matches(method, path) and rule.due(self._rng) and chosen is None:
+                    chosen = rule
+            if chosen is not None:
+                chosen.applied += 1
+        return chosen
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        t0 = time.perf_counter()
+        raw = await request.read()
+        exchange = Exchange(
+            method=request.method,
+            path=request.path,
+            query=request.query_string,
+            headers=dict(request.headers),
+            body=_parse_body(raw),
+            started=time.time(),
+        )
+        rule = self._pick(request.method, request.path)
+        fault = rule.fault if rule else Fault()
+        exchange.fault = str(fault) if rule else None
+        with self._lock:
+            self._log.append(exchange)
+        task = asyncio.current_task()
+        if task is not None:
+            self._active.add(task)
+        try:
+            return await _Exchanger(self, request, raw, fault, exchange, t0).run()
+        except asyncio.CancelledError:
+            stopped = self._stopping is not None and self._stopping.is_set()
+            reason = "the proxy stopped" if stopped else "the client went away"
+            if exchange.error in (None, "hung"):
+                exchange.error = f"{exchange.error}, then {reason}" if exchange.error else reason
+            raise
+        finally:
+            exchange.total = time.perf_counter() - t0
+            if task is not None:
+                self._active.discard(task)
+            if self.on_exchange is not None:
+                with contextlib.suppress(Exception):  # a printing callback must not break serving
+                    self.on_exchange(exchange)
+
+
+class _Exchanger:
+    """Carries one request through the proxy with its fault applied."""
+
+    def __init__(
+        self,
+        proxy: FaultProxy,
+        request: web.Request,
+        raw: bytes,
+        fault: Fault,
+        exchange: Exchange,
+        t0: float,
+    ) -> None:
+        self.proxy, self.request, self.raw = proxy, request, raw
+        self.fault, self.exchange, self.t0 = fault, exchange, t0
+
+    async def run(self) -> web.StreamResponse:
+        fault = self.fault
+        pause = fault.delay + (self.proxy._rng.uniform(0, fault.jitter) if fault.jitter else 0.0)
+        if pause:
+            await asyncio.sleep(pause)
+        if fault.after_chunks is None and fault.action in ("hang", "reset"):
+            return await self._cut(fault.action)  # before any answer at all
+        if fault.action == "status":
+            return await self._error(fault.code, _REASONS.get(fault.code, "error") + _MARK)
+        if fault.action == "not_found":
+            return await self._not_found()
+        return await self._forward()
+
+    async def _forward(self) -> web.StreamResponse:
+        session = self.proxy._session
+        assert session is not None
+        headers = {k: v for k, v in self.request.headers.items() if k.lower() not in _HOP_BY_HOP}
+        headers.pop("Accept-Encoding", None)  # keep streams uncompressed so lines can be cut
+        url = self.proxy.target + self.request.path_qs
+        try:
+            upstream = await session.request(
+                self.request.method, url, headers=headers, data=self.raw, allow_redirects=False
+            )
+        except aiohttp.ClientError as exc:
+            self.exchange.error = f"target unreachable: {exc}"
+            return await self._error(502, f"the proxy cannot reach {self.proxy.target}: {exc}")
+        async with upstream:  # releases the connection to the target however this ends
+            self.exchange.status = upstream.status
+            response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+            for key, value in upstream.headers.items():
+                if key.lower() not in _HOP_BY_HOP:
+                    response.headers.add(key, value)
+            if upstream.content_type in STREAM_TYPES:
+                sse = upstream.content_type == "text/event-stream"
+                return await self._send_stream(response, _split(upstream, sse=sse))
+            try:
+                body = await upstream.read()
+            except aiohttp.ClientError as exc:
+                self.exchange.error = f"target failed mid-answer: {exc}"
+                return await self._cut("reset")
+            return await self._send_body(response, body)
+
+    async def _send_body(self, response: web.StreamResponse, body: bytes) -> web.StreamResponse:
+        """A whole (non-stream) body: 'after N chunks' faults cut it in half."""
+        fault = self.fault
+        if fault.action == "malformed":
+            body = _corrupt(body)
+        cut = fault.action in ("hang", "reset", "truncate")
+        if not cut:
+            response.content_length = len(body)
+        await self._prepare(response)
+        if cut:
+            body = body[: len(body) // 2]
+        if body:
+            await self._write(response, body)
+        if cut and fault.action != "truncate":
+            return await self._cut(fault.action)
+        await response.write_eof()
+        return response
+
+    async def _send_stream(
+        self, response: web.StreamResponse, chunks: AsyncGenerator[bytes, None]
+    ) -> web.StreamResponse:
+        """Forward a stream chunk by chunk; the fault strikes after ``after_chunks`` chunks."""
+        fault = self.fault
+        cutting = fault.action in ("hang", "reset", "truncate")
+        timed = cutting or fault.action == "malformed"
+        at = fault.after_chunks
+        await self._prepare(response)
+        # A fault "after N chunks" must still strike if the stream has N chunks or fewer: the
+        # final (done) chunk is held back until the next one shows it was not the last.
+        held: bytes | None = None
+        struck = False
+        try:
+            async for chunk in chunks:
+                if not timed:
+                    await self._send_chunk(response, chunk)
+                    continue
+                if held is not None:
+                    if self.exchange.chunks == at and not struck:
+                        struck = True
+                        if cutting:
+                            break
+                        held = _corrupt(held)
+                    await self._send_chunk(response, held)
+                held = chunk
+        except aiohttp.ClientError as exc:  # the target failed mid-stream: fail the same way
+            self.exchange.error = f"target failed mid-stream: {exc}"
+            return await self._cut("reset")
+        finally:
+            await chunks.aclose()
+        if held is not None and fault.action == "malformed":
+            await self._send_chunk(response, held if struck else _corrupt(held))
+        if cutting:
+            if fault.action != "truncate":
+                return await self._cut(fault.action)
+            self.exchange.error = f"stream truncated after {self.exchange.chunks} chunks"
+        await response.write_eof()
+        return response
+
+    async def _send_chunk(self, response: web.StreamResponse, chunk: bytes) -> None:
+        if self.exchange.chunks and self.fault.chunk_delay:
+            await asyncio.sleep(self.fault.chunk_delay)
+        await self._write(response, chunk)
+
+    async def _prepare(self, response: web.StreamResponse) -> None:
+        await response.prepare(self.request)
+        if self.fault.first_byte:
+            await asyncio.sleep(self.fault.first_byte)
+
+    async def _write(self, response: web.StreamResponse, data: bytes) -> None:
+        if self.exchange.first_byte is None:
+            self.exchange.first_byte = time.perf_counter() - self.t0
+        try:
+            await response.write(data)
+        except ConnectionError as exc:
+            # The client hung up; end quietly (an exception here would be logged as a crash).
+            self.exchange.error = "client went away"
+            raise asyncio.CancelledError from exc
+        self.exchange.chunks += 1
+
+    async def _error(self, status: int, message: str) -> web.StreamResponse:
+        headers = {}
+        if self.fault.retry_after is not None:
+            headers["Retry-After"] = f"{self.fault.retry_after:g}"
+        body = _error_body(self.request.path, status, message, code=None)
+        return await self._answer(status, body, headers)
+
+    async def _not_found(self) -> web.StreamResponse:
+        body = self.exchange.body if isinstance(self.exchange.body, dict) else {}
+        model = str(body.get("model") or "unknown")
+        if self.request.path.startswith("/api/"):
+            payload = {"error": f'model "{model}" not found, try pulling it first'}
+        else:
+            message = f"The model `{model}` does not exist or you do not have access to it."
+            payload = _error_body(self.request.path, 404, message, code="model_not_found")
+        return await self._answer(404, payload, {})
+
+    async def _answer(
+        self, status: int, payload: Any, headers: dict[str, str]
+    ) -> web.StreamResponse:
+        self.exchange.status = status
+        data = json.dumps(payload).encode()
+        response = web.StreamResponse(status=status, headers=headers)
+        response.content_type = "application/json"
+        response.content_length = len(data)
+        await self._prepare(response)
+        await self._write(response, data)
+        await response.write_eof()
+        return response
+
+    async def _cut(self, action: str) -> web.StreamResponse:
+        """Hang (until the client leaves or the proxy stops), or reset the connection now."""
+        forever = asyncio.get_running_loop().create_future()
+        if action == "hang":
+            self.exchange.error = "hung"
+            await forever  # both the client leaving and the proxy stopping cancel this task
+        self.exchange.error = "connection reset by the proxy"
+        _reset(self.request)
+        await forever  # the reset makes aiohttp cancel this task (handler_cancellation)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _reset(request: web.Request) -> None:
+    """Close the client's connection with a TCP reset (RST), not a polite FIN."""
+    transport = request.transport
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            # Linger on, timeout 0: closing sends RST and drops anything unsent.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
+
+
+async def _split(upstream: aiohttp.ClientResponse, *, sse: bool) -> AsyncGenerator[bytes, None]:
+    """The stream's chunks: one JSON line (NDJSON) or one event (server-sent events) each."""
+    buffer, event = b"", b""
+    async for data in upstream.content.iter_any():
+        buffer += data
+        while (end := buffer.find(b"\n")) >= 0:
+            line, buffer = buffer[: end + 1], buffer[end + 1 :]
+            if not sse:
+                if line.strip():
+                    yield line
+                continue
+            event += line
+            if not line.strip() and event.strip():  # a blank line ends an event
+                yield event
+                event = b""
+    if (rest := event + buffer).strip():
+        yield rest
+
+
+def _corrupt(data: bytes) -> bytes:
+    """The same bytes with the last visible character dropped: JSON that no longer parses."""
+    body = data.rstrip()
+    if not body:
+        return b"{"
+    return body[:-1] + data[len(body) :]
+
+
+def _parse_body(raw: bytes) -> Any:
+    if not raw:
+        return None
+    text = raw.decode("utf-8", errors="replace")
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _error_body(path: str, status: int, message: str, *, code: str | None) -> dict[str, Any]:
+    """An error body in the dialect the path belongs to (Ollama's or OpenAI's)."""
+    if path.startswith("/api/"):
+        return {"error": message}
+    kind = {429: "rate_limit_error", 503: "unavailable_error", 404: "invalid_request_error"}
+    return {
+        "error": {
+            "message": message,
+            "type": kind.get(status, "server_error"),
+            "param": None,
+            "code": code or status,
+        }
+    }
+
+
+def serve(
+    target: str | None,
+    rules: list[str],
+    *,
+    port: int = 0,
+    say: Callable[[str], None] = print,
+) -> None:
+    """Run a proxy in the foreground, printing each exchange, until Ctrl+C."""
+    parsed = [parse_rule(text) for text in rules]
+    with FaultProxy(target, port=port, on_exchange=lambda ex: say(str(ex))) as proxy:
+        for rule in parsed:
+            proxy.add_rule(rule)
+        say(f"Fault proxy on {proxy.url} -> {proxy.target}")
+        for rule in parsed:
+            say(f"  rule: {rule}")
+        if not parsed:
+            say("  no rules: every request passes untouched")
+        say("Point your client at the proxy's address. Stop with Ctrl+C.")
+        stop = threading.Event()
+        try:
+            stop.wait()
+        except KeyboardInterrupt:
+            say("Stopping the fault proxy.")
