@@ -5,7 +5,8 @@ clients (talking to a runtime), conversation (context windows), widgets (quizzes
 assistant), errors, discovery and runtime (finding or starting a model server).
 """
 
-from labkit.clients import Client, Reply, Stream, Timeout
+from labkit.calllog import CallLog, read_log, summarize
+from labkit.clients import Client, Health, Reply, Stream, Timeout
 from labkit.conversation import (
     ContextOverflow,
     Conversation,
@@ -16,6 +17,7 @@ from labkit.conversation import (
 )
 from labkit.discovery import Runtime, find_runtime
 from labkit.errors import (
+    InvalidInput,
     InvalidModelOutput,
     LabkitError,
     LabkitTimeout,
@@ -23,8 +25,11 @@ from labkit.errors import (
     NotImplementedYet,
     RuntimeStartError,
     RuntimeUnavailable,
+    ServerBusy,
     ServerError,
 )
+from labkit.retry import NO_RETRY, RetryPolicy
+from labkit.structured import validate
 from labkit.widgets import (
     Assistant,
     Feedback,
@@ -38,12 +43,16 @@ from labkit.widgets import (
 )
 
 __all__ = [
+    "NO_RETRY",
     "Assistant",
+    "CallLog",
     "Client",
     "ContextOverflow",
     "Conversation",
     "Feedback",
     "FreeText",
+    "Health",
+    "InvalidInput",
     "InvalidModelOutput",
     "LabkitError",
     "LabkitTimeout",
@@ -52,9 +61,11 @@ __all__ = [
     "NotImplementedYet",
     "Quiz",
     "Reply",
+    "RetryPolicy",
     "Runtime",
     "RuntimeStartError",
     "RuntimeUnavailable",
+    "ServerBusy",
     "ServerError",
     "Stream",
     "Timeout",
@@ -65,6 +76,9 @@ __all__ = [
     "free_text",
     "model_picker",
     "quiz",
+    "read_log",
     "split_to_budget",
     "summarise_with",
+    "summarize",
+    "validate",
 ]

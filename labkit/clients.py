@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -513,7 +514,8 @@ class Client:
         self.session.mount("http://", requests.adapters.HTTPAdapter(pool_maxsize=64))
         if urlsplit(self.url).hostname in ("127.0.0.1", "localhost", "::1"):
             self.session.trust_env = False  # a proxy from the environment must not see loopback
-        if api_key:
+        api_key = api_key or os.environ.get("LABKIT_API_KEY")
+        if api_key:  # a shared runtime behind an authenticating proxy (see deploy/)
             self.session.headers["Authorization"] = f"Bearer {api_key}"
 
     @classmethod
@@ -968,7 +970,10 @@ class Client:
         """Turn an HTTP error status into a labkit error carrying the runtime's own message."""
         status = response.status_code
         lowered = detail.lower()
-        if status in (400, 404) and model and "model" in lowered and "not found" in lowered:
+        # Ollama says "model 'x' not found"; OpenAI-style servers "model_not_found" or
+        # "The model `x` does not exist".
+        missing = "not found" in lowered or "not_found" in lowered or "does not exist" in lowered
+        if status in (400, 404) and model and "model" in lowered and missing:
             try:
                 names = self.models(timeout=Timeout(3.0, 10.0), retry=NO_RETRY)
                 available = ", ".join(names) or "none"
@@ -978,6 +983,13 @@ class Client:
             return ModelNotFound(
                 f"Model {model!r} is not available at {self.url}. Available models: {available}. "
                 f"Use one of those, or install it first{pull}.",
+                status=status,
+                detail=detail,
+            )
+        if status in (401, 403):
+            return ServerError(
+                f"The runtime at {self.url} refused the request (HTTP {status}: {detail}). "
+                "It wants an API key: pass Client(..., api_key=...) or set $LABKIT_API_KEY.",
                 status=status,
                 detail=detail,
             )

@@ -33,8 +33,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from labkit.errors import LabkitError
-from labkit.structured import InvalidInput
+from labkit.errors import InvalidInput, LabkitError
 
 if TYPE_CHECKING:  # only for type hints: a Conversation works without a runtime
     from labkit.clients import Client

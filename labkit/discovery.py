@@ -79,12 +79,14 @@ def ollama_host_url(value: str) -> str:
 def probe(url: str, timeout: float = PROBE_TIMEOUT) -> tuple[str, tuple[str, ...]] | None:
     """Ask ``url`` what it is: ``(dialect, models)``, or None if no model server answers."""
     url = url.rstrip("/")
+    key = os.environ.get("LABKIT_API_KEY")
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
     try:
-        root = requests.get(url + "/", timeout=timeout)
+        root = requests.get(url + "/", timeout=timeout, headers=headers)
         if root.ok and "Ollama is running" in root.text:
-            tags = requests.get(url + "/api/tags", timeout=timeout).json()
+            tags = requests.get(url + "/api/tags", timeout=timeout, headers=headers).json()
             return "ollama", tuple(m["name"] for m in tags.get("models", []))
-        listed = requests.get(url + "/v1/models", timeout=timeout)
+        listed = requests.get(url + "/v1/models", timeout=timeout, headers=headers)
         if listed.ok:
             return "openai", tuple(m["id"] for m in listed.json().get("data", []))
     except (requests.RequestException, ValueError, KeyError, TypeError):

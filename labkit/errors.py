@@ -19,6 +19,10 @@ class RuntimeStartError(LabkitError):
     """The embedded runtime could not be started."""
 
 
+class InvalidInput(LabkitError, ValueError):
+    """An argument cannot be used as given (empty text, a malformed schema, ...)."""
+
+
 class LabkitTimeout(LabkitError):
     """The runtime did not answer within the timeout."""
 
@@ -30,6 +34,16 @@ class ServerError(LabkitError):
         super().__init__(message)
         self.status = status
         self.detail = detail
+
+
+class ServerBusy(ServerError):
+    """The runtime is overloaded (HTTP 429 or 503); ``retry_after`` is its own hint in seconds."""
+
+    def __init__(
+        self, message: str, *, status: int, detail: str = "", retry_after: float | None = None
+    ) -> None:
+        super().__init__(message, status=status, detail=detail)
+        self.retry_after = retry_after
 
 
 class ModelNotFound(ServerError):

@@ -25,22 +25,13 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from labkit.errors import LabkitTimeout, RuntimeUnavailable, ServerError
+from labkit.errors import ServerBusy as ServerBusy  # re-exported: callers import it from here
 
 T = TypeVar("T")
 Wait = Callable[[int], float]  # attempt number that just failed (1, 2, ...) -> seconds to wait
 Predicate = Callable[[BaseException], bool]
 
 RETRY_STATUSES = frozenset({429, 503})
-
-
-class ServerBusy(ServerError):
-    """The runtime is overloaded (HTTP 429 or 503); ``retry_after`` is its own hint in seconds."""
-
-    def __init__(
-        self, message: str, *, status: int, detail: str = "", retry_after: float | None = None
-    ) -> None:
-        super().__init__(message, status=status, detail=detail)
-        self.retry_after = retry_after
 
 
 # --- wait: how long before the next attempt -------------------------------------------------

@@ -15,16 +15,10 @@ import re
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-import jsonschema
-from jsonschema.exceptions import best_match
-
-from labkit.errors import InvalidModelOutput, LabkitError
+from labkit.errors import InvalidInput as InvalidInput  # re-exported: callers import it from here
+from labkit.errors import InvalidModelOutput
 
 Schema = Mapping[str, Any]
-
-
-class InvalidInput(LabkitError, ValueError):
-    """An argument cannot be used as given (empty text, a malformed schema, ...)."""
 
 
 class HasText(Protocol):
@@ -42,6 +36,8 @@ def check_schema(schema: Schema) -> None:
     """Raise InvalidInput if ``schema`` is not a valid JSON Schema."""
     if not isinstance(schema, Mapping):
         raise InvalidInput(f"A JSON schema must be a dict, not {type(schema).__name__}.")
+    import jsonschema  # imported when first needed: it takes a second or more to load
+
     validator = jsonschema.validators.validator_for(schema)
     try:
         validator.check_schema(dict(schema))
@@ -75,10 +71,12 @@ def validate(reply_or_text: HasText | str, schema: Schema | None = None) -> Any:
     if schema is None:
         return value
     check_schema(schema)
+    import jsonschema
+
     validator_class = jsonschema.validators.validator_for(schema)
     errors = list(validator_class(schema).iter_errors(value))
     if errors:
-        worst = best_match(errors)
+        worst = jsonschema.exceptions.best_match(errors)
         more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
         raise InvalidModelOutput(
             f"The model's JSON does not match the schema at {_where(worst.absolute_path)}: "

@@ -29,8 +29,7 @@ import ipywidgets as w
 from labkit import discovery
 from labkit.clients import Client, Reply, Timeout
 from labkit.conversation import Conversation, Message, Summariser, summarise_with
-from labkit.errors import LabkitError, RuntimeUnavailable
-from labkit.structured import InvalidInput
+from labkit.errors import InvalidInput, LabkitError, RuntimeUnavailable
 
 # --- shared bits ------------------------------------------------------------------------------
 
