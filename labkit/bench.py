@@ -1,0 +1,525 @@
+"""Measure how a local model answers: time to first token, total time, tokens per second.
+
+The thing measured is any call with no arguments. It may return text (or a ``Reply``) — a
+non-streamed answer that arrives all at once — or an iterator of text pieces (a stream):
+
+    from labkit import bench
+    trace = bench.measure(lambda: client.stream("Hi", max_tokens=32))
+    trace.first_token, trace.total, trace.tokens_per_second
+
+``compare`` runs several configurations side by side, taking turns trial by trial, and gives
+percentiles, a printable table and a CSV file. All times are in seconds on
+``time.perf_counter``'s clock; tables and plots show milliseconds.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from labkit.errors import LabkitError
+
+Call = Callable[[], object]
+Clock = Callable[[], float]
+
+# Where a trace's token count and speed came from.
+RUNTIME = "runtime"  # the runtime's own counters: tokens and decode time (eval_count/eval_duration)
+USAGE = "usage"  # tokens from the runtime's usage counter, time from our clock
+COUNTED = "counted"  # streamed pieces counted (one piece is about one token), time from our clock
+UNKNOWN = "none"  # plain text, not streamed: nothing to count
+
+
+class BenchmarkError(LabkitError, ValueError):
+    """A benchmark was set up with values it cannot run with."""
+
+
+@dataclass
+class Trace:
+    """One call as the caller saw it; times are seconds after ``start``."""
+
+    start: float  # perf_counter() just before the call was made
+    total: float  # until the last piece (or the whole reply) arrived
+    first_token: float | None  # until the first non-empty piece; = total when not streamed
+    pieces: list[tuple[float, str]]  # (arrival time, text) of every piece, in order
+    tokens: int | None  # generated tokens
+    tokens_per_second: float | None  # decode speed: generated tokens per second
+    source: str  # where tokens and speed came from: RUNTIME, USAGE, COUNTED or UNKNOWN
+    streamed: bool
+    prompt_tokens: int | None = None
+    label: str = ""  # the configuration it belongs to
+    trial: int = 0  # calls with the same label and trial ran at the same time
+    concurrency: int = 1  # how many calls ran at once in that trial
+
+    @property
+    def text(self) -> str:
+        """The whole answer."""
+        return "".join(piece for _, piece in self.pieces)
+
+    @property
+    def end(self) -> float:
+        """When the call finished, on the clock's own scale (``start + total``)."""
+        return self.start + self.total
+
+
+Traces = Mapping[str, Sequence[Trace]]  # calls by configuration (a Comparison is one)
+
+
+# ---------------------------------------------------------------------------------------------
+# Measuring one call
+# ---------------------------------------------------------------------------------------------
+
+
+class Timed(Iterator[str]):
+    """Pass a stream's pieces on unchanged, noting when each one arrives.
+
+    Nothing is buffered: each piece is handed on the moment the stream yields it, so text
+    can be shown while it is measured. After the stream ends, ``.trace`` holds the figures.
+    """
+
+    def __init__(
+        self, stream: Iterable[str], *, start: float | None = None, clock: Clock = time.perf_counter
+    ) -> None:
+        self.stream = stream
+        self._pieces = iter(stream)
+        self._clock = clock
+        self.start = clock() if start is None else start
+        self.pieces: list[tuple[float, str]] = []
+        self.trace: Trace | None = None
+
+    def __iter__(self) -> Timed:
+        return self
+
+    def __next__(self) -> str:
+        try:
+            piece = next(self._pieces)
+        except StopIteration:
+            if self.trace is None:
+                self.trace = _streamed_trace(self.start, self._clock(), self.pieces, self.stream)
+            raise
+        self.pieces.append((self._clock() - self.start, piece))
+        return piece
+
+
+def timed(stream: Iterable[str], *, start: float | None = None) -> Timed:
+    """Wrap a stream so it is measured while you use it; read ``.trace`` after the loop."""
+    return Timed(stream, start=start)
+
+
+def measure(call: Call, *, label: str = "", clock: Clock = time.perf_counter) -> Trace:
+    """Make one call and time it: a stream is read to its end, a reply taken whole."""
+    start = clock()  # before the call: sending the request is part of the wait
+    result = call()
+    if isinstance(result, Iterable) and not isinstance(result, (str, bytes, Mapping)):
+        stream = Timed(result, start=start, clock=clock)
+        for _ in stream:
+            pass
+        assert stream.trace is not None
+        trace = stream.trace
+    else:
+        trace = _whole_trace(start, clock(), result)
+    trace.label = label
+    return trace
+
+
+def _streamed_trace(
+    start: float, end: float, pieces: list[tuple[float, str]], stream: object
+) -> Trace:
+    first = next((t for t, text in pieces if text), None)
+    # A client's stream keeps the runtime's final figures in `.reply` once it has ended.
+    try:
+        reply = getattr(stream, "reply", None)
+    except LabkitError:  # a stream that failed over to a fallback text, or was cut short
+        reply = None
+    tokens, speed, source = _token_figures(reply)
+    if tokens is None:
+        tokens, source = sum(1 for _, text in pieces if text), COUNTED
+    if speed is None and first is not None and tokens > 1:
+        # Decode speed: the tokens after the first, over the time they took to arrive.
+        last = max(t for t, text in pieces if text)
+        speed = (tokens - 1) / (last - first) if last > first else None
+    return Trace(
+        start=start,
+        total=end - start,
+        first_token=first,
+        pieces=list(pieces),
+        tokens=tokens,
+        tokens_per_second=speed,
+        source=source,
+        streamed=True,
+        prompt_tokens=getattr(reply, "prompt_tokens", None),
+    )
+
+
+def _whole_trace(start: float, end: float, result: object) -> Trace:
+    text = result if isinstance(result, str) else str(getattr(result, "text", result))
+    total = end - start
+    tokens, speed, source = _token_figures(None if isinstance(result, str) else result)
+    if tokens is not None and speed is None and total > 0:
+        speed = tokens / total  # no runtime timings: the best we know is the whole wait
+    return Trace(
+        start=start,
+        total=total,
+        # Nothing is shown before the whole reply is there, so the first token arrives last.
+        first_token=total,
+        pieces=[(total, text)],
+        tokens=tokens,
+        tokens_per_second=speed,
+        source=source,
+        streamed=False,
+        prompt_tokens=getattr(result, "prompt_tokens", None),
+    )
+
+
+def _token_figures(reply: object) -> tuple[int | None, float | None, str]:
+    """(tokens, tokens per second, source) from what the runtime reported, if anything."""
+    tokens = getattr(reply, "completion_tokens", None)
+    if not isinstance(tokens, int):
+        return None, None, UNKNOWN
+    speed = runtime_speed(reply)
+    return tokens, speed, RUNTIME if speed is not None else USAGE
+
+
+def runtime_speed(reply: object) -> float | None:
+    """Decode tokens per second as the runtime itself measured it, or None if it did not say."""
+    # Only the runtime's counters count here: Reply.tokens_per_second may be a clock estimate.
+    timings = getattr(reply, "timings", None) or {}
+    raw = getattr(reply, "raw", None)
+    raw = raw if isinstance(raw, Mapping) else {}
+    for counters in (timings, raw, raw.get("timings")):
+        if not isinstance(counters, Mapping):
+            continue
+        # Ollama: eval_count tokens in eval_duration nanoseconds.
+        if counters.get("eval_count") and counters.get("eval_duration"):
+            return float(counters["eval_count"]) / (float(counters["eval_duration"]) / 1e9)
+        # llama.cpp: its own rate (the first token comes with the prompt, so it is left out),
+        # else predicted_n tokens in predicted_ms milliseconds.
+        if counters.get("predicted_per_second"):
+            return float(counters["predicted_per_second"])
+        if counters.get("predicted_n") and counters.get("predicted_ms"):
+            return float(counters["predicted_n"]) / (float(counters["predicted_ms"]) / 1e3)
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Summarising many calls
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Percentiles and extremes of one figure over many calls."""
+
+    n: int
+    mean: float
+    min: float
+    p50: float
+    p90: float
+    p99: float
+    max: float
+
+
+def summarize(values: Iterable[float | None]) -> Summary:
+    """Summarise numbers (missing ones, None or NaN, are left out); NaN everywhere if none."""
+    kept = [float(v) for v in values if v is not None and not math.isnan(v)]
+    if not kept:
+        nan = float("nan")
+        return Summary(0, nan, nan, nan, nan, nan, nan)
+    p50, p90, p99 = (float(p) for p in np.percentile(kept, [50, 90, 99]))
+    return Summary(len(kept), sum(kept) / len(kept), min(kept), p50, p90, p99, max(kept))
+
+
+METRICS = {
+    "first_token": "time to first token",
+    "total": "total time",
+    "tokens_per_second": "decode speed",
+}
+
+
+def values(traces: Iterable[Trace], metric: str) -> list[float]:
+    """One figure (a name in ``METRICS``) from every trace that has it."""
+    if metric not in METRICS:
+        raise BenchmarkError(f"Unknown figure {metric!r}; choose one of {', '.join(METRICS)}.")
+    found = (getattr(trace, metric) for trace in traces)
+    return [float(v) for v in found if v is not None]
+
+
+def batch_throughput(traces: Iterable[Trace]) -> list[float]:
+    """Tokens per second over all calls that ran together, one figure per trial."""
+    batches: dict[tuple[str, int], list[Trace]] = {}
+    for trace in traces:
+        batches.setdefault((trace.label, trace.trial), []).append(trace)
+    figures = []
+    for batch in batches.values():
+        wall = max(t.end for t in batch) - min(t.start for t in batch)
+        tokens = sum(t.tokens or 0 for t in batch)
+        if wall > 0 and tokens:
+            figures.append(tokens / wall)
+    return figures
+
+
+# ---------------------------------------------------------------------------------------------
+# Running trials and comparing configurations
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Config:
+    """One configuration to measure: the call, and how many copies of it run at once."""
+
+    call: Call
+    concurrency: int = 1
+
+
+def run_together(call: Call, concurrency: int, *, label: str = "", trial: int = 0) -> list[Trace]:
+    """Start ``concurrency`` copies of ``call`` at the same moment; one trace for each."""
+    if concurrency == 1:
+        traces = [measure(call, label=label)]
+    else:
+        # The barrier releases all threads at once, so the requests really overlap.
+        barrier = threading.Barrier(concurrency)
+
+        def one() -> Trace:
+            barrier.wait()
+            return measure(call, label=label)
+
+        with ThreadPoolExecutor(max_workers=concurrency) as pool:
+            futures = [pool.submit(one) for _ in range(concurrency)]
+            traces = [future.result() for future in futures]  # re-raises a call's error
+    for trace in traces:
+        trace.trial, trace.concurrency = trial, concurrency
+    return traces
+
+
+class Comparison(Mapping[str, list[Trace]]):
+    """Traces per configuration, with summaries, a printable table and CSV export."""
+
+    def __init__(self, traces: Mapping[str, list[Trace]]) -> None:
+        self.traces = {label: list(found) for label, found in traces.items()}
+
+    def __getitem__(self, label: str) -> list[Trace]:
+        return self.traces[label]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.traces)
+
+    def __len__(self) -> int:
+        return len(self.traces)
+
+    def summary(self, metric: str) -> dict[str, Summary]:
+        """One figure (``first_token``, ``total`` or ``tokens_per_second``) per configuration."""
+        return {label: summarize(values(found, metric)) for label, found in self.items()}
+
+    def throughput(self) -> dict[str, Summary]:
+        """Tokens per second of all calls running together, per configuration."""
+        return {label: summarize(batch_throughput(found)) for label, found in self.items()}
+
+    def table(self) -> str:
+        """A plain-text table: milliseconds for times, tokens per second for speeds."""
+        headers = ["configuration", "calls", "at once", "first token ms p50/p90/p99"]
+        headers += ["total ms p50/p90/p99", "mean", "decode tok/s p50", "together tok/s p50"]
+        first, total = self.summary("first_token"), self.summary("total")
+        speed, together = self.summary("tokens_per_second"), self.throughput()
+        rows = [headers]
+        for label, found in self.items():
+            f, t = first[label], total[label]
+            rows.append(
+                [
+                    label,
+                    str(len(found)),
+                    str(max((x.concurrency for x in found), default=1)),
+                    f"{_ms(f.p50)} / {_ms(f.p90)} / {_ms(f.p99)}",
+                    f"{_ms(t.p50)} / {_ms(t.p90)} / {_ms(t.p99)}",
+                    _ms(t.mean),
+                    _num(speed[label].p50),
+                    _num(together[label].p50),
+                ]
+            )
+        widths = [max(len(row[i]) for row in rows) for i in range(len(headers))]
+        lines = []
+        for n, row in enumerate(rows):
+            cells = [row[0].ljust(widths[0])] + [
+                c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)
+            ]
+            lines.append("  ".join(cells))
+            if n == 0:
+                lines.append("  ".join("-" * w for w in widths))
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.table()
+
+    def to_csv(self, path: str | Path) -> Path:
+        """Write one row per call (pieces as JSON) and return the path."""
+        return write_csv([t for found in self.values() for t in found], path)
+
+
+def _ms(seconds: float) -> str:
+    return "-" if math.isnan(seconds) else f"{seconds * 1000:.0f}"
+
+
+def _num(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.1f}"
+
+
+def compare(
+    configs: Mapping[str, Call | Config],
+    *,
+    trials: int = 10,
+    warmup: int = 1,
+    progress: bool = True,
+) -> Comparison:
+    """Measure each configuration ``trials`` times, taking turns so drift affects all alike."""
+    if not configs:
+        raise BenchmarkError("Nothing to compare: pass at least one configuration.")
+    if trials < 1 or warmup < 0:
+        raise BenchmarkError(f"Need trials >= 1 and warmup >= 0 (got {trials} and {warmup}).")
+    plan = {label: c if isinstance(c, Config) else Config(c) for label, c in configs.items()}
+    for label, config in plan.items():
+        if config.concurrency < 1:
+            raise BenchmarkError(f"{label!r}: concurrency must be at least 1.")
+    labels = list(plan)
+    results: dict[str, list[Trace]] = {label: [] for label in labels}
+    rounds = warmup + trials
+    with tqdm(total=rounds * len(labels), desc="measuring", disable=not progress) as bar:
+        for n in range(rounds):
+            # Rotate who goes first each round, so no configuration always follows the same one.
+            turn = labels[n % len(labels) :] + labels[: n % len(labels)]
+            for label in turn:
+                config = plan[label]
+                traces = run_together(config.call, config.concurrency, label=label, trial=n)
+                if n >= warmup:  # warm-up rounds load the model and fill caches: not counted
+                    for trace in traces:
+                        trace.trial = n - warmup
+                    results[label] += traces
+                bar.update()
+    return Comparison(results)
+
+
+def run(
+    call: Call,
+    *,
+    trials: int = 10,
+    warmup: int = 1,
+    concurrency: int = 1,
+    label: str = "",
+    progress: bool = True,
+) -> list[Trace]:
+    """Measure one configuration ``trials`` times after ``warmup`` uncounted calls."""
+    config = Config(call, concurrency)
+    return compare({label: config}, trials=trials, warmup=warmup, progress=progress)[label]
+
+
+# ---------------------------------------------------------------------------------------------
+# CSV
+# ---------------------------------------------------------------------------------------------
+
+COLUMNS = [f.name for f in fields(Trace)]
+
+
+def write_csv(traces: Iterable[Trace], path: str | Path) -> Path:
+    """Write traces, one row each; floats keep full precision so reading back is exact."""
+    path = Path(path)
+    rows = [_to_row(trace) for trace in traces]  # convert first: a bad trace writes nothing
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as file:
+        writer = csv.DictWriter(file, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def read_csv(path: str | Path) -> Comparison:
+    """Read traces written by ``write_csv`` (or ``Comparison.to_csv``) back, by configuration."""
+    path = Path(path)
+    traces: dict[str, list[Trace]] = {}
+    try:
+        with path.open(newline="", encoding="utf-8") as file:
+            reader = csv.DictReader(file)
+            missing = set(COLUMNS) - set(reader.fieldnames or [])
+            if missing:
+                raise BenchmarkError(
+                    f"{path} is not a trace file: columns {', '.join(sorted(missing))} are "
+                    "missing. Write it with labkit.bench.write_csv."
+                )
+            for number, row in enumerate(reader, start=2):
+                trace = _from_row(row, path, number)
+                traces.setdefault(trace.label, []).append(trace)
+    except OSError as exc:
+        raise BenchmarkError(f"Cannot read {path}: {exc.strerror}.") from exc
+    return Comparison(traces)
+
+
+def _to_row(trace: Trace) -> dict[str, str]:
+    def cell(value: Any) -> str:
+        if value is None:
+            return ""
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, float):
+            return repr(value)  # repr round-trips a float exactly
+        return str(value)
+
+    row = {name: cell(getattr(trace, name)) for name in COLUMNS}
+    row["pieces"] = json.dumps([[t, text] for t, text in trace.pieces], ensure_ascii=False)
+    return row
+
+
+def _from_row(row: Mapping[str, str], path: Path, number: int) -> Trace:
+    def number_or_none(name: str, kind: type[float] | type[int]) -> Any:
+        return kind(row[name]) if row[name] != "" else None
+
+    try:
+        return Trace(
+            start=float(row["start"]),
+            total=float(row["total"]),
+            first_token=number_or_none("first_token", float),
+            pieces=[(float(t), str(text)) for t, text in json.loads(row["pieces"])],
+            tokens=number_or_none("tokens", int),
+            tokens_per_second=number_or_none("tokens_per_second", float),
+            source=row["source"],
+            streamed=row["streamed"] == "true",
+            prompt_tokens=number_or_none("prompt_tokens", int),
+            label=row["label"],
+            trial=int(row["trial"]),
+            concurrency=int(row["concurrency"]),
+        )
+    except (ValueError, TypeError) as exc:
+        raise BenchmarkError(f"{path}, line {number}: not a valid trace row ({exc}).") from exc
+
+
+__all__ = [
+    "COUNTED",
+    "METRICS",
+    "RUNTIME",
+    "UNKNOWN",
+    "USAGE",
+    "BenchmarkError",
+    "Comparison",
+    "Config",
+    "Summary",
+    "Timed",
+    "Trace",
+    "Traces",
+    "batch_throughput",
+    "compare",
+    "measure",
+    "read_csv",
+    "run",
+    "run_together",
+    "runtime_speed",
+    "summarize",
+    "timed",
+    "values",
+    "write_csv",
+]
