@@ -53,6 +53,8 @@ def cmd_lab(args: argparse.Namespace) -> int:
     cmd += ["--LabApp.default_url=/lab/tree/notebooks/00-check-your-setup.ipynb"]
     if args.headless:
         cmd += ["--no-browser"]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        cmd += ["--allow-root"]  # containers and CI machines often run as root
     print("Starting JupyterLab — stop it with Ctrl+C; stop the runtime with `labkit down`.")
     return subprocess.call(cmd, env={**os.environ, "LABKIT_BASE_URL": rt.url})
 
