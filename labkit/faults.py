@@ -267,6 +267,8 @@ class Rule:
             return False
         if any(c in self.path for c in "*?["):
             return fnmatch.fnmatchcase(path, self.path)
+        if self.path == "/":  # the root alone (Ollama's "is it running?"), not every path
+            return path == "/"
         prefix = self.path.rstrip("/")
         return path == self.path or path.startswith(prefix + "/")
 

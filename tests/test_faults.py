@@ -681,3 +681,21 @@ def test_the_record_shows_what_the_client_sent(
     else:
         assert body["response_format"]["json_schema"]["schema"] == schema
         assert body["max_tokens"] == 20
+
+
+@pytest.mark.parametrize(
+    ("rule_path", "path", "expected"),
+    [
+        ("/", "/", True),
+        ("/", "/api/tags", False),
+        ("/api/chat", "/api/chat", True),
+        ("/api/chat", "/api/chat/x", True),
+        ("/api/chat", "/api/chatter", False),
+        ("/v1/*", "/v1/models", True),
+        ("*", "/anything", True),
+    ],
+)
+def test_rule_paths_match_the_root_exactly_and_prefixes_by_segment(
+    rule_path: str, path: str, expected: bool
+) -> None:
+    assert Rule(Fault.status(503), path=rule_path).matches("GET", path) is expected
