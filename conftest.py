@@ -14,6 +14,10 @@ from labkit import discovery, runtime
 
 _started_here = False
 
+# Notebooks under tests/data are inputs of the grading tests (some loop forever or kill their
+# kernel on purpose), not lessons for nbval to run.
+collect_ignore_glob = ["tests/data/*", "*/.ipynb_checkpoints/*"]
+
 
 def _is_controller(config: pytest.Config) -> bool:
     return not hasattr(config, "workerinput")
