@@ -500,6 +500,7 @@ class Client:
         self.model = model or None
         self.embed_model = embed_model or None
         self._known_models = known
+        self._versions: dict[str, str | None] = {}  # model -> digest, for the call log
         self.timeout = Timeout.of(timeout, Timeout())
         self.retry = retry if retry is not None else RetryPolicy()
         self.log = CallLog(log) if isinstance(log, (str, Path)) else log
@@ -869,6 +870,8 @@ class Client:
             completion_tokens=reply.completion_tokens,
             validation=None if reply.validation is None else _outcome(reply.validation),
             validation_error=None if reply.validation in (None, "ok") else reply.validation,
+            # A reply that failed validation is kept whole: it is the case to study and fix.
+            reply=None if reply.validation in (None, "ok") else reply.text,
         )
         return reply
 
@@ -921,11 +924,28 @@ class Client:
             endpoint=path,
             dialect=self.dialect.name,
             model=model,
+            model_version=self._model_version(model),
             prompt=text,
             latency=latency,
             attempts=attempts,
             **fields,
         )
+
+    def _model_version(self, model: str) -> str | None:
+        """The model's digest from /api/tags (Ollama), looked up once per model; else None."""
+        if model not in self._versions:
+            self._versions[model] = None
+            if self.dialect.name == "ollama":
+                try:
+                    data = self._call(
+                        "GET", "/api/tags", None, model=None, timeout=5.0, retry=NO_RETRY
+                    )
+                except LabkitError:
+                    return None  # the log must never break a call; try again next time
+                for entry in data.get("models", []):
+                    if _same_model(model, str(entry.get("name", ""))):
+                        self._versions[model] = str(entry.get("digest", ""))[:12] or None
+        return self._versions[model]
 
     def _transport_error(
         self, exc: requests.RequestException, path: str, limits: Timeout, pieces: int | None

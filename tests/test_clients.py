@@ -259,12 +259,25 @@ def test_call_log_records_live_calls(client: Client, tmp_path: Path) -> None:
     for record in (chat, stream):
         assert record["prompt_tokens"] > 0 and 0 < record["completion_tokens"] <= 16
         assert record["reply_chars"] > 0 and record["attempts"] == 1 and record["error"] is None
-    assert structured["validation"] == "ok"
+    assert structured["validation"] == "ok" and structured["reply"] is None
+    if client.dialect.name == "ollama":  # Ollama's /api/tags carries a digest per model
+        assert isinstance(chat["model_version"], str) and len(chat["model_version"]) == 12
     assert embed["endpoint"] == client.dialect.embed_path and embed["texts"] == 2
     assert failed["error"] == "ModelNotFound" and failed["model"] == "no-such-model:1b"
     summary = summarize(read_log(log.path))
     assert summary["calls"] == 5 and summary["errors"] == 1 and summary["validated"] == 1
     assert summary["latency_p50"] is not None and summary["latency_p50"] > 0
+
+
+def test_call_log_keeps_the_reply_that_failed_validation(client: Client, tmp_path: Path) -> None:
+    log = CallLog(tmp_path / "calls.jsonl")
+    client = Client(client.url, dialect=client.dialect.name, model=client.model, log=log)
+    # Two tokens cannot hold the object the schema asks for: validation must fail.
+    reply = client.chat("Invent a person.", format=PERSON, temperature=0.0, seed=7, max_tokens=2)
+    assert reply.validation != "ok"
+    (record,) = read_log(log.path)
+    assert record["validation"] == "failed" and record["reply"] == reply.text
+    assert "Invent a person." in record["prompt"]
 
 
 def test_client_finds_the_runtime_on_its_own(rt: discovery.Runtime) -> None:
