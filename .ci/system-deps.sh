@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Debian packages that tests use beyond Python: nginx for the deployment tests, and what the
+# browser tests need (.ci/browser-deps.sh). Idempotent: returns at once when all is present.
+set -euo pipefail
+cd "$(dirname "$0")"
+if ! command -v nginx >/dev/null && ! [ -x /usr/sbin/nginx ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends nginx >/dev/null
+    # Debian starts the service on install; the tests run their own nginx on loopback.
+    { service nginx stop || pkill -x nginx || true; } >/dev/null 2>&1
+fi
+bash browser-deps.sh
