@@ -1,0 +1,374 @@
+"""Grading: learners' check() and the instructor's sandboxed, parallel grader.
+
+One class of toy submissions (tests/data/grading/submissions) is graded once for the whole
+module; each test then checks one promise against that run: partial credit, a status for
+every kind of bad notebook, feedback that never shows hidden tests, isolation, nothing left
+running, submissions untouched, and re-runs that grade only what changed.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import pytest
+
+from labkit import assign, checks, discovery, grading
+from labkit.cli import main
+from labkit.errors import LabkitError
+
+DATA = Path(__file__).parent / "data" / "grading"
+TOY = DATA / "masters" / "toy.ipynb"
+SUBMISSIONS = DATA / "submissions"
+TIMEOUT = "3"  # seconds per cell: the hanging notebooks cost this much each
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def graded(tmp_path_factory: pytest.TempPathFactory, rt: discovery.Runtime) -> dict[str, Any]:
+    """Grade the toy class once through `labkit grade`; return where everything is."""
+    if sys.platform != "linux" or os.geteuid() != 0:
+        pytest.skip("the grading sandbox needs root on Linux")
+    base = tmp_path_factory.mktemp("grading")
+    root = base / "course"
+    assign.assign([TOY], root, say=False)
+    subs = base / "class"
+    shutil.copytree(SUBMISSIONS, subs)
+    out = base / "class-grades"
+    key = root / "grading/hidden/toy.json"
+    targets = {
+        "read": {
+            "key": str(key),
+            "other": str(subs / "perfect.ipynb"),
+            "gradebook": str(out / "gradebook.csv"),
+            "solutions": str(root / "solutions/toy.ipynb"),
+            "shadow": "/etc/shadow",
+            "root_home": "/root/.bashrc",
+        },
+        "list": {"class": str(subs), "grades": str(out)},
+        "write": {
+            "tmp": "/tmp/labkit-snoop-was-here",
+            "project": str(Path(__file__).parent / "labkit-snoop-was-here"),
+            "grades": str(out / "snoop.txt"),
+        },
+    }
+    snoop = subs / "snoop.ipynb"
+    nb = nbformat.read(str(snoop), as_version=4)
+    for cell in nb.cells:
+        cell.source = cell.source.replace("{{TARGETS}}", repr(targets))
+    nbformat.write(nb, str(snoop))
+    before = {p.name: _sha(p) for p in subs.iterdir()}
+    args = ["grade", str(subs), "--exercise", "toy", "--root", str(root), "--quiet"]
+    args += ["--timeout", TIMEOUT, "--workers", "2", "--runtime", rt.url]
+    assert main(args) == 0
+    state = json.loads((out / "state.json").read_text())
+    rows = list(csv.DictReader((out / "gradebook.csv").open()))
+    return {
+        "root": root,
+        "subs": subs,
+        "out": out,
+        "before": before,
+        "targets": targets,
+        "state": state,
+        "rows": {r["learner"]: r for r in rows},
+        "args": args,
+    }
+
+
+EXPECTED = {  # learner: (q1, q2, q3, total, status)
+    "perfect": ("3", "2", "2", "7", "ok"),
+    "partial": ("3", "1", "0", "4", "ok"),
+    "untouched": ("0", "0", "0", "0", "ok"),
+    "crash": ("3", "2", "0", "5", "cell-errors"),
+    "loop": ("3", "2", "0", "5", "timeout"),
+    "stubborn": ("3", "2", "0", "5", "timeout"),
+    "flood": ("3", "2", "0", "5", "output-limit, timeout"),
+    "killer": ("2", "2", "0", "4", "kernel-died"),
+    "invalid": ("0", "0", "0", "0", "invalid-notebook"),
+    "snoop": ("3", "0", "0", "3", "ok"),
+}
+
+
+def test_gradebook_gives_partial_credit_and_a_status(graded: dict[str, Any]) -> None:
+    rows = graded["rows"]
+    assert sorted(rows) == sorted(EXPECTED)
+    for learner, (q1, q2, q3, total, status) in EXPECTED.items():
+        row = rows[learner]
+        got = (row["q1"], row["q2"], row["q3"], row["total"], row["status"])
+        assert got == (q1, q2, q3, total, status), (learner, row)
+        assert row["possible"] == "7"
+
+
+def test_notes_say_what_happened(graded: dict[str, Any]) -> None:
+    rows = graded["rows"]
+    assert "ZeroDivisionError" in rows["crash"]["notes"]
+    assert "MemoryError" in rows["crash"]["notes"]  # the memory limit stopped it
+    assert f"longer than {TIMEOUT} s" in rows["loop"]["notes"]
+    assert f"longer than {TIMEOUT} s" in rows["stubborn"]["notes"]
+    assert "kB" in rows["flood"]["notes"]
+    assert "made the kernel stop" in rows["killer"]["notes"]
+    assert "not a valid notebook" in rows["invalid"]["notes"]
+
+
+def test_feedback_explains_without_showing_hidden_tests(graded: dict[str, Any]) -> None:
+    feedback = graded["out"] / "feedback"
+    assert sorted(p.stem for p in feedback.glob("*.md")) == sorted(EXPECTED)
+    key = assign.load_key(graded["root"] / "grading/hidden/toy.json")
+    hidden_code = [
+        line.strip()
+        for q in key.questions
+        for t in q.tests
+        if t.hidden
+        for line in t.code.splitlines()
+        if line.strip() and not line.strip().startswith("#")
+    ]
+    for path in feedback.glob("*.md"):
+        text = path.read_text()
+        for line in hidden_code:
+            assert line not in text, (path.name, line)
+        assert "Traceback" not in text
+    partial = (feedback / "partial.md").read_text()
+    assert "**Score: 4 / 7**" in partial
+    assert "❌ q2.2 (hidden test): shout uses capitals and an exclamation mark" in partial
+    assert "HELLO!" not in partial  # a hidden test's expected value stays hidden
+    assert "not written yet" in partial  # q3 was left as it came
+    killer = (feedback / "killer.md").read_text()
+    assert "The kernel stopped during this test." in killer  # q1.3 killed the kernel
+    assert "(q4) are not in this score" in killer
+
+
+def test_pass_rates_table_and_plot(graded: dict[str, Any]) -> None:
+    rows = list(csv.DictReader((graded["out"] / "pass_rates.csv").open()))
+    rates = {r["test"]: (int(r["passed"]), int(r["graded"])) for r in rows}
+    assert rates == {
+        "q1.1": (8, 10),
+        "q1.2": (8, 10),
+        "q1.3": (7, 10),
+        "q2.1": (7, 10),
+        "q2.2": (6, 10),
+        "q3.1": (1, 10),
+        "q3.2": (1, 10),
+    }
+    png = (graded["out"] / "pass_rates.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 5000
+
+
+def test_submissions_are_unchanged(graded: dict[str, Any]) -> None:
+    after = {p.name: _sha(p) for p in graded["subs"].iterdir()}
+    assert after == graded["before"]
+
+
+def test_no_kernel_or_process_is_left(graded: dict[str, Any]) -> None:
+    uids = {u for r in graded["state"]["results"].values() for u in r.get("uids", [])}
+    assert uids and 0 not in uids
+    assert grading.kill_user_processes(uids) == 0  # nothing was still running to kill
+    ours = [
+        run
+        for run in grading.SCRATCH_BASE.glob("run-*")
+        if (run / "owner.pid").exists() and (run / "owner.pid").read_text() == str(os.getpid())
+    ]
+    assert ours == []  # the scratch folders of this process's grading runs are gone
+
+
+def test_learner_code_is_isolated(graded: dict[str, Any]) -> None:
+    executed = nbformat.read(str(graded["out"] / "executed/snoop.ipynb"), as_version=4)
+    printed = "".join(
+        o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.outputs
+    )
+    line = next(x for x in printed.splitlines() if x.startswith("SNOOP "))
+    seen = json.loads(line.removeprefix("SNOOP "))
+    assert seen["uid"] != 0
+    for name in ("key", "other", "gradebook", "solutions", "shadow", "root_home"):
+        assert seen[name].startswith("DENIED"), (name, seen[name])
+    for name in ("class", "grades"):
+        assert seen[name].startswith("DENIED"), (name, seen[name])
+    assert seen["project"].startswith("DENIED")
+    assert seen["grades"].startswith("DENIED")
+    # /tmp inside the sandbox is private and thrown away: the write never reached the host.
+    assert not Path(graded["targets"]["write"]["tmp"]).exists()
+    assert not Path(graded["targets"]["write"]["project"]).exists()
+    assert not (graded["out"] / "snoop.txt").exists()
+    assert (graded["out"].stat().st_mode & 0o777) == 0o700
+
+
+def test_check_shows_rich_and_plain_feedback_in_a_kernel(graded: dict[str, Any]) -> None:
+    untouched = nbformat.read(str(graded["out"] / "executed/untouched.ipynb"), as_version=4)
+    perfect = nbformat.read(str(graded["out"] / "executed/perfect.ipynb"), as_version=4)
+
+    def shown(nb: Any, source: str) -> dict[str, str]:
+        cell = next(c for c in nb.cells if c.source == source)
+        result = next(o for o in cell.outputs if o.output_type == "execute_result")
+        return dict(result.data)
+
+    q1 = shown(untouched, 'check("q1")')
+    assert q1["text/plain"].startswith("q1: not implemented yet")
+    assert "🚧" in q1["text/html"] and "Traceback" not in q1["text/plain"]
+    assert "1 more hidden test" in q1["text/plain"]
+    q2 = shown(perfect, 'check("q2")')
+    assert q2["text/plain"].startswith("q2: 1 of 1 tests passed (1/1 points)")
+    assert "✅" in q2["text/html"]
+
+
+def test_regrading_only_what_changed(graded: dict[str, Any], rt: discovery.Runtime) -> None:
+    subs, out, root = graded["subs"], graded["out"], graded["root"]
+    exercise = assign.load_key(root / "grading/hidden/toy.json")
+    common = {"runtime_url": rt.url, "timeout": float(TIMEOUT), "root": root, "progress": False}
+    again = grading.grade(subs, exercise, out, **common, say=lambda _: None)
+    assert again.graded == []  # nothing changed: every result is reused
+    assert again.result("perfect")["total"] == 7
+    # --master finds the same exercise, so the same results are reused too.
+    assert main([*graded["args"][:2], "--master", str(TOY), *graded["args"][4:]]) == 0
+    nb = nbformat.read(str(subs / "untouched.ipynb"), as_version=4)
+    cell = next(c for c in nb.cells if c.source.startswith("def square"))
+    cell.source = "def square(x):\n    return x * x"
+    nbformat.write(nb, str(subs / "untouched.ipynb"))
+    changed = grading.grade(subs, exercise, out, **common, workers=1, say=lambda _: None)
+    assert changed.graded == ["untouched"]
+    assert changed.result("untouched")["total"] == 3
+    assert changed.result("loop")["total"] == 5  # reused from the first run
+
+
+def test_regrade_selects_everything() -> None:
+    found = [grading.Submission("a", Path("a.ipynb"), "1"), grading.Submission("b", Path("b"), "2")]
+    previous = {"a": {"sha256": "1"}, "b": {"sha256": "old"}}
+    assert [s.learner for s in grading.to_grade(found, previous)] == ["b"]
+    assert [s.learner for s in grading.to_grade(found, previous, regrade=True)] == ["a", "b"]
+
+
+def test_finding_keys_and_submissions(tmp_path: Path) -> None:
+    keys = tmp_path / assign.KEY_DIR
+    keys.mkdir(parents=True)
+    for name in ("01-apis", "02-prompting"):
+        (keys / f"{name}.json").write_text("{}")
+    assert grading.find_key(tmp_path, "1").stem == "01-apis"
+    assert grading.find_key(tmp_path, "02-prompting").stem == "02-prompting"
+    with pytest.raises(LabkitError, match="available: 01-apis, 02-prompting"):
+        grading.find_key(tmp_path, "7")
+    (tmp_path / "subs/bob").mkdir(parents=True)
+    (tmp_path / "subs/alice.ipynb").write_text("{}")
+    (tmp_path / "subs/bob/ex.ipynb").write_text("{}")
+    (tmp_path / "subs/notes.txt").write_text("")
+    found = grading.find_submissions(tmp_path / "subs")
+    assert [(s.learner, s.path.name) for s in found] == [
+        ("alice", "alice.ipynb"),
+        ("bob", "ex.ipynb"),
+    ]
+    with pytest.raises(LabkitError, match="not a folder"):
+        grading.find_submissions(tmp_path / "nowhere")
+
+
+def test_grading_without_sandbox(tmp_path: Path, rt: discovery.Runtime) -> None:
+    """--no-sandbox runs the same grading as the current user (trusted notebooks only)."""
+    root = tmp_path / "course"
+    assign.assign([TOY], root, say=False)
+    subs = tmp_path / "class"
+    subs.mkdir()
+    for name in ("perfect", "invalid"):
+        shutil.copy(SUBMISSIONS / f"{name}.ipynb", subs)
+    report = grading.grade(
+        subs,
+        assign.load_key(root / "grading/hidden/toy.json"),
+        tmp_path / "out",
+        runtime_url=rt.url,
+        timeout=float(TIMEOUT),
+        sandbox=False,
+        root=root,
+        progress=False,
+        say=lambda _: None,
+    )
+    assert [(r["learner"], r["total"]) for r in report.results] == [("invalid", 0), ("perfect", 7)]
+
+
+def test_sandbox_refuses_to_run_without_root(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    exercise = assign.parse_master(TOY).exercise
+    with pytest.raises(LabkitError, match=r"needs root on Linux.*--no-sandbox"):
+        grading.grade(tmp_path, exercise, tmp_path / "out", runtime_url="http://127.0.0.1:9")
+    assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------ check() in-process
+
+
+@pytest.fixture
+def toy_checks(tmp_path: Path) -> None:
+    assign.assign([TOY], tmp_path, say=False)
+    checks.use_tests(tmp_path / "exercises/tests/toy.json")
+
+
+def test_check_passes_a_correct_answer(toy_checks: None) -> None:
+    def square(x: float) -> float:
+        return x * x
+
+    result = checks._check("q1", {"square": square})
+    assert result.passed and bool(result)
+    assert (result.score, result.possible, result.hidden_tests) == (2.0, 2.0, 1)
+    assert "q1: 2 of 2 tests passed" in repr(result)
+    assert "labkit-check" in result._repr_html_()
+
+
+def test_check_explains_a_wrong_answer(toy_checks: None) -> None:
+    result = checks._check("q1", {"square": lambda x: x + x})
+    output_test, function_test = result.results
+    assert output_test.status == "failed"
+    assert output_test.message == "Expected 9, got 6."
+    assert function_test.status == "failed"
+    assert function_test.message == "square(-2) should be 4"  # the author's own words
+    assert not result.passed and result.score == 0
+
+
+def test_check_names_common_mistakes(toy_checks: None) -> None:
+    missing = checks._check("q1", {})
+    assert missing.results[0].status == "error"
+    assert "run the cell that defines it" in missing.results[0].hint
+    todo = checks._check("q2", {"greeting": ...})
+    assert todo.results[0].status == "not-implemented"
+    assert "`greeting` is still `...`" in todo.results[0].message
+    assert "not implemented yet" in repr(todo)
+
+    def unfinished(x: float) -> float:
+        raise checks.NotImplementedYet("q1 is not written yet: replace this line")
+
+    stub = checks._check("q1", {"square": unfinished})
+    assert {r.status for r in stub.results} == {"not-implemented"}
+    with pytest.raises(LabkitError, match="no question 'q9'"):
+        checks._check("q9", {})
+
+
+def test_check_runs_on_a_copy_of_your_variables(toy_checks: None) -> None:
+    namespace: dict[str, Any] = {"greeting": "hello", "shout": lambda t: t.upper() + "!"}
+    checks._check("q2", namespace)
+    assert set(namespace) == {"greeting", "shout"}  # the test's own names did not leak in
+
+
+def test_grade_test_reports_hidden_failures_without_details() -> None:
+    spec = {
+        "question": "q1",
+        "placeholders": [],
+        "test": {
+            "name": "q1.9",
+            "code": "x",
+            "kind": "output",
+            "expected": "42\n",
+            "points": 2.0,
+            "hidden": True,
+            "description": "secret",
+        },
+    }
+    outcome = json.loads(checks.grade_test(json.dumps(spec), {"x": 41}))
+    assert outcome["status"] == "failed" and outcome["earned"] == 0
+    assert "42" not in outcome["message"] and "41" not in outcome["message"]
+    outcome = json.loads(checks.grade_test(json.dumps(spec), {"x": 42}))
+    assert outcome["status"] == "passed" and outcome["earned"] == 2.0
