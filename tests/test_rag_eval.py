@@ -1,0 +1,249 @@
+"""labkit.rag_eval: recall@k and MRR, the threshold calibration, the sweep and its plot.
+
+The corpus tests build the HR handbook's index once (module fixture) with the runtime's
+embedding model; the recall goal is only checked with the real all-MiniLM-L6-v2 (384 dims).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+
+from labkit import rag
+from labkit.clients import Client
+from labkit.rag import Chunk, EmbeddingCache, Hit, Index, RagError
+from labkit.rag_eval import (
+    Question,
+    Source,
+    calibrate_threshold,
+    evaluate,
+    evaluate_by_type,
+    is_hit,
+    load_eval_set,
+    misses,
+    plot_sweep,
+    score_hits,
+    sweep,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+HANDBOOK = ROOT / "data" / "hr-handbook"
+EVAL_SET = ROOT / "data" / "hr-eval.jsonl"
+MINILM_DIM = 384
+
+
+def chunk(doc: str, *headings: str) -> Chunk:
+    return Chunk(f"{doc}#0", doc, headings[0] if headings else doc, headings, 0, 1, "text", 1)
+
+
+def hits(*chunks: Chunk) -> list[Hit]:
+    return [Hit(c, 0.9 - 0.1 * rank, rank) for rank, c in enumerate(chunks, start=1)]
+
+
+# --- the evaluation set --------------------------------------------------------------------------
+
+
+def test_the_course_eval_set_loads_and_points_at_real_sections() -> None:
+    questions = load_eval_set(EVAL_SET)
+    assert len(questions) == 84 and len({q.id for q in questions}) == 84
+    types = {t: sum(q.type == t for q in questions) for t in ("single", "multi", "superseded")}
+    assert types == {"single": 54, "multi": 14, "superseded": 6}
+    assert sum(not q.answerable for q in questions) == 10
+    docs = {d.name: d for d in rag.load_documents(HANDBOOK)}
+    for q in questions:
+        for source in q.sources:  # every source names a document and one of its headings
+            headings = {h for s in docs[source.doc].sections for h in s.headings[1:]}
+            assert source.section in headings, (q.id, source)
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("{not json", "line 2"),
+        ('{"id": "x", "question": "?", "sources": [], "type": "tricky"}', "unknown type"),
+        ('{"id": "x", "question": "?", "sources": [], "type": "single"}', "needs sources"),
+        ('{"id": "x", "sources": [], "type": "single"}', "line 2"),
+        ('{"id": "x", "question": "?", "sources": [{"section": "A"}], "type": "single"}', "line 2"),
+    ],
+)
+def test_malformed_eval_lines_are_named(tmp_path: Path, line: str, message: str) -> None:
+    good = {"id": "q1", "question": "Q?", "answer": "A", "sources": [], "type": "unanswerable"}
+    file = tmp_path / "eval.jsonl"
+    file.write_text(json.dumps(good) + "\n" + line + "\n")
+    with pytest.raises(RagError, match=message):
+        load_eval_set(file)
+
+
+def test_missing_or_empty_eval_sets(tmp_path: Path) -> None:
+    with pytest.raises(RagError, match="Cannot read"):
+        load_eval_set(tmp_path / "nowhere.jsonl")
+    (tmp_path / "empty.jsonl").write_text("\n\n")
+    with pytest.raises(RagError, match="no questions"):
+        load_eval_set(tmp_path / "empty.jsonl")
+
+
+# --- hits and scores -----------------------------------------------------------------------------
+
+
+def test_a_hit_needs_the_document_and_the_named_section() -> None:
+    carry = chunk("leave-annual.md", "Annual Leave", "Carry-over")
+    deeper = chunk("leave-annual.md", "Annual Leave", "Carry-over", "Exceptions")
+    assert is_hit(carry, Source("leave-annual.md", "Carry-over"))
+    assert is_hit(carry, Source("leave-annual.md", "  carry-OVER "))  # case and spaces
+    assert is_hit(carry, Source("leave-annual.md"))  # no section named: the document is enough
+    assert is_hit(carry, Source("leave-annual", "Carry-over"))  # extension left out
+    assert is_hit(deeper, Source("leave-annual.md", "Carry-over"))  # a ### inside the ##
+    assert not is_hit(carry, Source("leave-annual.md", "Entitlement"))
+    assert not is_hit(carry, Source("leave-annual-2022.md", "Carry-over"))
+    assert not is_hit(
+        chunk("leave-annual.md", "Annual Leave"), Source("leave-annual.md", "Annual Leave")
+    )
+
+
+def test_recall_and_mrr_by_hand() -> None:
+    a, b, c = Source("a.md", "A"), Source("b.md", "B"), Source("c.md", "C")
+    ca, cb, cc, cx = (
+        chunk("a.md", "T", "A"),
+        chunk("b.md", "T", "B"),
+        chunk("c.md", "T", "C"),
+        chunk("x.md"),
+    )
+    questions = [
+        Question("1", "?", "", (a,), "single"),  # found at rank 1
+        Question("2", "?", "", (b, c), "single"),  # either source: c found at rank 3
+        Question("3", "?", "", (a, b), "multi"),  # a at 2, b at 5: all sources by k=5
+        Question("4", "?", "", (c,), "superseded"),  # not found
+        Question("5", "?", "", (), "unanswerable"),  # not scored
+    ]
+    results = [
+        hits(ca, cx, cx, cx, cx),
+        hits(cx, cx, cc, cx, cx),
+        hits(cx, ca, cx, cx, cb),
+        hits(cx, cx, cx, cx, cx),
+        hits(ca, cb, cc, cx, cx),
+    ]
+    s = score_hits(questions, results, ks=(1, 3, 5))
+    assert s["questions"] == 4
+    assert s["recall@1"] == 1 / 4 and s["recall@3"] == 2 / 4 and s["recall@5"] == 3 / 4
+    assert s["recall_any@3"] == 3 / 4 and s["recall_all@3"] == 1 / 4  # q2 needs b and c for "all"
+    assert s["recall_all@5"] == 2 / 4
+    assert s["mrr"] == pytest.approx((1 + 1 / 3 + 1 / 2 + 0) / 4)
+    with pytest.raises(RagError, match="No answerable"):
+        score_hits(questions[4:], results[4:])
+
+
+def test_plot_sweep_draws_on_the_given_axes() -> None:
+    rows = [
+        {"size": s, "overlap": o, "k": k, "recall": 0.5 + s / 2000 + k / 20, "mrr": 0.7}
+        for s in (200, 400, 800)
+        for o in (0.0, 0.15)
+        for k in (1, 5)
+    ]
+    figures = plt.get_fignums()
+    _, ax = plt.subplots()
+    assert plot_sweep(rows, ax=ax) is ax
+    assert len(ax.get_lines()) == 4  # 2 values of k x 2 overlaps
+    assert np.asarray(ax.get_lines()[0].get_xdata(), dtype=float).tolist() == [200, 400, 800]
+    assert ax.get_xlabel() == "chunk size (tokens)" and ax.get_legend() is not None
+    new = plot_sweep(rows, metric="mrr")
+    assert new is not ax and new.get_ylabel() == "mrr"
+    assert len(plt.get_fignums()) == len(figures) + 2  # drawn, never shown or closed
+    plt.close("all")
+
+
+# --- the HR handbook, live ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[Client]:
+    with Client() as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def cache() -> EmbeddingCache:
+    return EmbeddingCache()
+
+
+@pytest.fixture(scope="module")
+def questions() -> list[Question]:
+    return load_eval_set(EVAL_SET)
+
+
+@pytest.fixture(scope="module")
+def docs() -> list[rag.Document]:
+    return rag.load_documents(HANDBOOK)
+
+
+@pytest.fixture(scope="module")
+def handbook(docs: list[rag.Document], client: Client, cache: EmbeddingCache) -> Index:
+    """The handbook indexed with the default settings (built once for this module)."""
+    return rag.build_index(rag.chunk_documents(docs), client, cache=cache, progress=False)
+
+
+@pytest.fixture(scope="module")
+def minilm(handbook: Index) -> Index:
+    if handbook.dim != MINILM_DIM:
+        pytest.skip(f"the runtime's embedding model has {handbook.dim} dims, not MiniLM's 384")
+    return handbook
+
+
+def test_default_settings_meet_the_recall_goal(minilm: Index, questions: list[Question]) -> None:
+    scores = evaluate(minilm, questions)
+    assert scores["questions"] == 74
+    assert scores["recall@5"] >= 0.85, scores
+    assert scores["recall@1"] <= scores["recall@3"] <= scores["recall@5"]
+    assert scores["recall_all@5"] <= scores["recall@5"] <= scores["recall_any@5"]
+    assert 0 < scores["mrr"] <= 1
+    by_type = evaluate_by_type(minilm, questions)
+    assert set(by_type) == {"single", "multi", "superseded"}
+    assert by_type["multi"]["recall@5"] == by_type["multi"]["recall_all@5"]
+    assert by_type["single"]["recall@5"] == by_type["single"]["recall_any@5"]
+
+
+def test_misses_explain_the_failures(minilm: Index, questions: list[Question]) -> None:
+    found = misses(minilm, questions, k=5)
+    assert len(found) == round(74 * (1 - evaluate(minilm, questions)["recall_all@5"]))
+    for miss in found:
+        assert None in miss["ranks"] and len(miss["got"]) == 5 and miss["wanted"]
+
+
+def test_the_documented_threshold_matches_the_calibration(
+    minilm: Index, questions: list[Question]
+) -> None:
+    cal = calibrate_threshold(minilm, questions)
+    assert len(cal.answerable_scores) == 74 and len(cal.unanswerable_scores) == 10
+    assert cal.accuracy >= 0.75 and abs(cal.threshold - rag.MIN_SCORE) <= 0.05, cal
+    kept = sum(s >= rag.MIN_SCORE for s in cal.answerable_scores) / 74
+    refused = sum(s < rag.MIN_SCORE for s in cal.unanswerable_scores) / 10
+    assert kept >= 0.85 and refused >= 0.5, (kept, refused)
+
+
+def test_sweep_rows_agree_with_evaluate(
+    docs: list[rag.Document],
+    questions: list[Question],
+    client: Client,
+    cache: EmbeddingCache,
+    handbook: Index,
+) -> None:
+    # The cache already holds the default chunks' vectors: only new chunks are embedded.
+    rows = sweep(
+        docs, questions, client, sizes=(200, 400), overlaps=(0.15,), ks=(1, 5), cache=cache
+    )
+    assert [(r["size"], r["k"]) for r in rows] == [(200, 1), (200, 5), (400, 1), (400, 5)]
+    assert int(rag.CHUNK_SIZE * 0.15) == rag.CHUNK_OVERLAP  # so row 200 is the default index
+    default = evaluate(handbook, questions, ks=(1, 5))
+    assert rows[1]["recall"] == default["recall@5"] and rows[0]["mrr"] == default["mrr"]
+    assert rows[0]["chunks"] == len(handbook) and rows[2]["chunks"] <= rows[0]["chunks"]
+    for row in rows:
+        assert 0 <= row["recall_all"] <= row["recall"] <= row["recall_any"] <= 1
+
+
+def test_calibration_needs_both_kinds(handbook: Index, questions: list[Question]) -> None:
+    with pytest.raises(RagError, match="both"):
+        calibrate_threshold(handbook, [q for q in questions if q.answerable])
