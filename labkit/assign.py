@@ -549,6 +549,11 @@ def _inside_function(lines: list[str], index: int) -> bool:
             continue
         indent = len(line) - len(line.lstrip())
         if indent < level:
+            if stripped.startswith((")", "]", "}")):
+                # The closing bracket of a header split over lines (how ruff formats a long
+                # signature): the header's first line is further up, at this same indent.
+                level = indent + 1
+                continue
             if stripped.startswith(("def ", "async def ")):
                 return True
             level = indent

@@ -329,3 +329,18 @@ def test_cli_assign_and_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 def test_course_exercises_match_their_masters() -> None:
     """exercises/, solutions/ and grading/ must be regenerated whenever a master changes."""
     assign.assert_in_sync(PROJECT / "masters", PROJECT)
+
+
+def test_a_hole_in_a_function_with_a_multiline_signature_raises_not_implemented() -> None:
+    from labkit.assign import _inside_function
+
+    cell = [
+        "def robust_chat(",
+        "    base_url: str,",
+        "    prompt: str,",
+        ") -> str:",
+        "    return base_url + prompt",
+        "x = 1",
+    ]
+    assert _inside_function(cell, 4)
+    assert not _inside_function(cell, 5)
