@@ -379,9 +379,14 @@ def _covers(settings: Settings, scratch: Path) -> list[list[Any]]:
     """The mounts for one kernel: make Python reachable, hide private paths, private temp."""
     covers = [list(c) for c in settings.reach]
     covers += [[path, [], "000"] for path in settings.hide if os.path.exists(path)]
+    # A course checked out under /tmp (as CI machines often do) must stay reachable when
+    # /tmp itself is replaced: keep the scratch folder, Python and the course's folder.
+    # Not the whole scratch base: it holds other learners' scratch folders.
+    needed = [p for p in _needed_paths() if p != SCRATCH_BASE]
+    wanted = [scratch, *needed, Path(__file__).resolve().parent.parent]
     for folder in WORLD_WRITABLE:
         if os.path.isdir(folder) and os.stat(folder).st_mode & stat.S_IWOTH:
-            keep = [str(scratch)] if _is_within(scratch, Path(folder)) else []
+            keep = sorted({str(p.resolve()) for p in wanted if _is_within(p, Path(folder))})
             covers.append([folder, keep, "1777"])
     return covers
 
