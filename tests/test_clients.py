@@ -127,7 +127,9 @@ def test_embed(client: Client, rt: discovery.Runtime) -> None:
     vectors = client.embed(texts, model=rt.embed_model)
     assert vectors.dtype == np.float32 and vectors.shape[0] == 4 and vectors.shape[1] >= 32
     assert np.isfinite(vectors).all()
-    np.testing.assert_allclose(vectors[0], vectors[2], atol=1e-5)  # same text, same vector
+    # Same text, same vector, up to float rounding: llama.cpp sums in a different order
+    # depending on what else shares the batch.
+    np.testing.assert_allclose(vectors[0], vectors[2], atol=1e-3)
     one_by_one = client.embed(texts, model=rt.embed_model, batch_size=1)
     np.testing.assert_allclose(vectors, one_by_one, atol=1e-3)
     single = client.embed("A dog barked.", model=rt.embed_model)

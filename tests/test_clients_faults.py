@@ -120,7 +120,8 @@ def test_503_then_success_is_retried(dialect: str, sleeps: Sleeps, tmp_path: Pat
         reply = client(fake.url, dialect, sleeps, log=log).chat("hi")
     assert reply.text == "fine" and reply.attempts == 2
     assert sleeps == [0.5]
-    assert fake.paths == [CHAT_PATH[dialect]] * 2
+    # The log looks up the model's version once (GET /api/tags); the chat was sent twice.
+    assert [p for p in fake.paths if p != "/api/tags"] == [CHAT_PATH[dialect]] * 2
     (record,) = read_log(log.path)
     assert record["attempts"] == 2 and record["error"] is None
 
