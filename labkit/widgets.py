@@ -103,6 +103,9 @@ class Quiz(_Displayed):
         title = w.HTML(f"<b>{_text_html(question)}</b>")
         self.widget = w.VBox([title, self.choice, self.button, self.output])
         self.feedback: Feedback | None = None
+        # A click can reach the kernel before the newly chosen option does: once feedback is
+        # showing, a change of choice re-checks, so the feedback always matches the choice.
+        self.choice.observe(self._recheck, names="value")
 
     def _index(self, choice: str | int | None) -> int | None:
         """Which option ``choice`` names: a position, the option text, its label or its letter."""
@@ -127,6 +130,11 @@ class Quiz(_Displayed):
         if index == self.answer:
             return Feedback(True, "Correct!", self.explanation)
         return Feedback(False, "Not quite — have another look.", self.explanation)
+
+    def _recheck(self, change: dict[str, Any]) -> None:
+        if self.feedback is not None and change["new"] is not None:
+            self.feedback = self.check(change["new"])
+            self.output.value = self.feedback.html()
 
     def submit(self, choice: str | int | None) -> Feedback:
         """Judge ``choice``, select it in the widget and show the feedback."""
