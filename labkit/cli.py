@@ -56,7 +56,12 @@ def cmd_lab(args: argparse.Namespace) -> int:
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         cmd += ["--allow-root"]  # containers and CI machines often run as root
     print("Starting JupyterLab — stop it with Ctrl+C; stop the runtime with `labkit down`.")
-    return subprocess.call(cmd, env={**os.environ, "LABKIT_BASE_URL": rt.url})
+    lab = subprocess.Popen(cmd, env={**os.environ, "LABKIT_BASE_URL": rt.url})
+    while True:
+        try:
+            return lab.wait()
+        except KeyboardInterrupt:
+            continue  # JupyterLab got the same Ctrl+C: let it ask and shut down cleanly
 
 
 def cmd_faults(args: argparse.Namespace) -> int:
