@@ -250,3 +250,10 @@ def refused_url() -> str:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     return f"http://127.0.0.1:{port}"
+
+
+class Sleeps(list[float]):
+    """A retry policy's sleep, replaced: it remembers each pause instead of waiting."""
+
+    def __call__(self, seconds: float) -> None:
+        self.append(seconds)

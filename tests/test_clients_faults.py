@@ -17,6 +17,7 @@ from fake_server import (
     Hang,
     Lines,
     Reset,
+    Sleeps,
     refused_url,
     stream_lines,
 )
@@ -50,13 +51,6 @@ def ok_body(dialect: str, text: str = "fine") -> dict[str, object]:
 def lines(dialect: str, pieces: list[str], *, end: str = "done", done: bool = True) -> Lines:
     kind = "application/x-ndjson" if dialect == "ollama" else SSE
     return Lines(stream_lines(dialect, pieces, done=done), end=end, content_type=kind)
-
-
-class Sleeps(list[float]):
-    """An injected sleep: remembers each delay instead of waiting."""
-
-    def __call__(self, seconds: float) -> None:
-        self.append(seconds)
 
 
 @pytest.fixture

@@ -444,8 +444,10 @@ def test_cli_runs_until_interrupted(embedded: runtime.RuntimeRecord) -> None:
 
 # --- labkit's client under each fault (default retry policy; sleeps recorded, not slept) ----------
 
+from fake_server import Sleeps  # noqa: E402
+
 from labkit.clients import Client, Timeout  # noqa: E402
-from labkit.errors import (  # noqa: E402  # noqa: E402
+from labkit.errors import (  # noqa: E402
     InvalidModelOutput,
     LabkitTimeout,
     ModelNotFound,
@@ -453,13 +455,6 @@ from labkit.errors import (  # noqa: E402  # noqa: E402
     ServerError,
 )
 from labkit.retry import RetryPolicy, ServerBusy  # noqa: E402
-
-
-class Sleeps(list[float]):
-    """The retry policy's sleep, replaced: it remembers each pause instead of waiting."""
-
-    def __call__(self, seconds: float) -> None:
-        self.append(seconds)
 
 
 @pytest.fixture
