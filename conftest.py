@@ -1,16 +1,21 @@
 """Shared by tests/ and the notebooks: every live test runs against a real runtime, started once.
 
 The pytest controller process (not the xdist workers) makes sure the kit's embedded runtime
-is up before any test starts, and stops it afterwards only if it started it.
+is up before any live test starts, and stops it afterwards only if it started it. A run of
+``tests/unit/`` alone needs no runtime and starts none.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from labkit import discovery, runtime
+
+ROOT = Path(__file__).resolve().parent
+UNIT = ROOT / "tests" / "unit"
 
 _started_here = False
 
@@ -23,9 +28,15 @@ def _is_controller(config: pytest.Config) -> bool:
     return not hasattr(config, "workerinput")
 
 
+def _unit_only(config: pytest.Config) -> bool:
+    """True when every path asked for lies under tests/unit/ (which needs no runtime)."""
+    paths = [Path(arg.split("::")[0]).resolve() for arg in config.args]
+    return bool(paths) and all(p == UNIT or UNIT in p.parents for p in paths)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     global _started_here
-    if _is_controller(config) and runtime.read_record() is None:
+    if _is_controller(config) and not _unit_only(config) and runtime.read_record() is None:
         runtime.up(say=False)
         _started_here = True
 

@@ -21,7 +21,8 @@ from typing import Any
 
 import nbformat
 
-from labkit import assign, discovery, grading
+from labkit import discovery
+from labkit.grader import assign, grading
 
 DATA = Path(__file__).resolve().parent.parent / "tests" / "data" / "grading"
 TOY = DATA / "masters" / "toy.ipynb"
@@ -61,7 +62,7 @@ def make_class(master: Path, root: Path, folder: Path, copies: dict[str, int]) -
 
 
 def kernel_start_fresh(runs: int) -> tuple[float, float]:
-    """Median seconds for a new ipykernel to answer, and to also import labkit.checks."""
+    """Median seconds for a new ipykernel to answer, and to also import labkit.course.checks."""
     from jupyter_client.manager import KernelManager
 
     ready, imported = [], []
@@ -73,7 +74,7 @@ def kernel_start_fresh(runs: int) -> tuple[float, float]:
         kc.start_channels()
         kc.wait_for_ready(timeout=120)
         ready.append(time.perf_counter() - start)
-        kc.execute_interactive("import labkit.checks", timeout=120)
+        kc.execute_interactive("import labkit.course.checks", timeout=120)
         imported.append(time.perf_counter() - start)
         kc.stop_channels()
         km.shutdown_kernel(now=True)
@@ -195,7 +196,7 @@ def main() -> None:
         "≤ 0.5 s",
         "met" if fresh_ready <= 0.5 else "over: why kernels are forked",
     )
-    row("  … and its `import labkit.checks`", f"{fresh_labkit:.2f} s")
+    row("  … and its `import labkit.course.checks`", f"{fresh_labkit:.2f} s")
     row("kernel start, forked from the preloaded zygote", f"{forked:.2f} s")
     row("per-notebook time in the worker (trivial, median)", f"{per_notebook:.2f} s")
     row("  + gradebook/feedback/plot share per notebook", f"{feedback:.3f} s")

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import requests
 
 from labkit import runtime
-from labkit.ollama_dialect import OLLAMA_DEFAULTS
+from labkit.runtime.ollama_api import OLLAMA_DEFAULTS
 
 PROMPTS = (
     "Name three colours and say one thing about each.",

@@ -1,8 +1,8 @@
 """labkit: the helpers that the Local LLM Lab notebooks import.
 
 Each module is one idea; open it to read what a helper does:
-clients (talking to a runtime), conversation (context windows), widgets (quizzes, the
-assistant), errors, discovery and runtime (finding or starting a model server).
+clients (talking to a runtime), conversation (context windows), errors, discovery (finding a
+model server). The course widgets live in `labkit.course`, the runtime in `labkit.runtime`.
 """
 
 from labkit.calllog import CallLog, read_log, summarize
@@ -30,36 +30,20 @@ from labkit.errors import (
 )
 from labkit.retry import NO_RETRY, RetryPolicy
 from labkit.structured import validate
-from labkit.widgets import (
-    Assistant,
-    Feedback,
-    FreeText,
-    ModelPicker,
-    Quiz,
-    assistant,
-    free_text,
-    model_picker,
-    quiz,
-)
 
 __all__ = [
     "NO_RETRY",
-    "Assistant",
     "CallLog",
     "Client",
     "ContextOverflow",
     "Conversation",
-    "Feedback",
-    "FreeText",
     "Health",
     "InvalidInput",
     "InvalidModelOutput",
     "LabkitError",
     "LabkitTimeout",
     "ModelNotFound",
-    "ModelPicker",
     "NotImplementedYet",
-    "Quiz",
     "Reply",
     "RetryPolicy",
     "Runtime",
@@ -69,13 +53,9 @@ __all__ = [
     "ServerError",
     "Stream",
     "Timeout",
-    "assistant",
     "budget",
     "estimate_tokens",
     "find_runtime",
-    "free_text",
-    "model_picker",
-    "quiz",
     "read_log",
     "split_to_budget",
     "summarise_with",

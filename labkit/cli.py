@@ -75,14 +75,14 @@ def cmd_faults(args: argparse.Namespace) -> int:
 
 def cmd_assign(args: argparse.Namespace) -> int:
     """Make learner and solution notebooks and their tests from master notebooks."""
-    from labkit import assign
+    from labkit.grader import assign
 
     return assign.cli(args)
 
 
 def cmd_grade(args: argparse.Namespace) -> int:
     """Grade a folder of submitted notebooks in isolated kernels."""
-    from labkit import grading
+    from labkit.grader import grading
 
     return grading.cli(args)
 
@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="FAULT [/PATH] [times=N every=N after=N for=S chance=P], repeatable; "
         'e.g. "503 /api/chat times=2", "reset@3 /v1/*", "latency=0.5"',
     )
-    from labkit import assign, grading
+    from labkit.grader import assign, grading
 
     assign.add_arguments(add("assign", cmd_assign))
     grading.add_arguments(add("grade", cmd_grade))

@@ -1,7 +1,7 @@
 """The course's widgets in a real browser: the assistant streams a reply, quizzes give feedback.
 
 A scratch notebook (written under tests/browser/artifacts/scratch/, inside the folder the lab
-serves) shows each widget of labkit.widgets; the tests click and type in Chromium, so the
+serves) shows each widget of labkit.course.widgets; the tests click and type in Chromium, so the
 whole path runs: the browser's widget front end, the kernel's ipywidgets, and the runtime.
 """
 
@@ -28,10 +28,10 @@ from lab_browser import (
 from playwright.sync_api import expect
 
 from labkit import discovery
-from labkit.widgets import MODULES
+from labkit.course.widgets import MODULES
 
 CELLS = [
-    "from labkit.widgets import Assistant, free_text, quiz\n"
+    "from labkit.course.widgets import Assistant, free_text, quiz\n"
     "\n"
     "coach = Assistant(module=1, seed=42, max_tokens=60)\n"
     "coach",

@@ -1,6 +1,6 @@
 """The embedded runtime: start, stop and inspect the kit's own local model server.
 
-``labkit up`` runs ``python -m labkit.server`` as a background process that outlives the
+``labkit up`` runs ``python -m labkit.runtime.server`` as a background process that outlives the
 notebook kernel. The server writes a record (``runtime.json``) into the project's
 ``.labkit/`` folder once it is healthy; ``down`` stops exactly the process named there.
 """
@@ -26,7 +26,7 @@ CHAT_MODEL = "smollm2:135m"
 EMBED_MODEL = "all-minilm:l6-v2"
 START_TIMEOUT = 60.0
 
-_PROJECT = Path(__file__).resolve().parent.parent
+_PROJECT = Path(__file__).resolve().parents[2]
 
 
 def home() -> Path:
@@ -115,7 +115,7 @@ def _is_our_server(pid: int) -> bool:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
     except OSError:
         return _pid_alive(pid) and sys.platform != "linux"
-    return b"labkit.server" in cmdline
+    return b"labkit.runtime.server" in cmdline
 
 
 def _pid_alive(pid: int) -> bool:
@@ -179,7 +179,7 @@ def up(
     cmd = [
         sys.executable,
         "-m",
-        "labkit.server",
+        "labkit.runtime.server",
         "--port",
         str(port),
         "--state-dir",

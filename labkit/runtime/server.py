@@ -1,6 +1,6 @@
 """The embedded runtime process: llama.cpp for chat and embeddings, Ollama's dialect in front.
 
-Run by ``labkit up`` as ``python -m labkit.server --port N --state-dir DIR``; not meant to be
+Run by ``labkit up`` as ``python -m labkit.runtime.server --port N --state-dir DIR``; not meant to be
 imported by notebooks. It writes ``runtime.json`` once everything answers, and removes it
 when it stops.
 """
@@ -63,7 +63,7 @@ async def serve(port: int, state_dir: Path, threads: int) -> None:
     """Start everything, publish the record, and serve until SIGTERM or SIGINT."""
     from aiohttp import web
 
-    from labkit.ollama_dialect import Backend, create_app
+    from labkit.runtime.ollama_api import Backend, create_app
 
     chat_path, embed_path = runtime.chat_model_path(), runtime.embed_model_path()
     chat = start_llama(chat_path, runtime.CHAT_MODEL, embedding=False, threads=threads)
@@ -115,7 +115,7 @@ async def serve(port: int, state_dir: Path, threads: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the runtime process."""
-    parser = argparse.ArgumentParser(prog="python -m labkit.server")
+    parser = argparse.ArgumentParser(prog="python -m labkit.runtime.server")
     parser.add_argument("--port", type=int, default=runtime.DEFAULT_PORT)
     parser.add_argument("--state-dir", type=Path, default=runtime.home())
     parser.add_argument("--threads", type=int, default=min(4, os.cpu_count() or 2))

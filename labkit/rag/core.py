@@ -9,7 +9,7 @@ The whole pipeline in five lines::
     answer("How many days of annual leave?", index, client)   # text + cited sources
 
 Every chunk remembers its document, its heading path and its character offsets, so an answer
-can always say where it came from. Measuring retrieval quality lives in ``labkit.rag_eval``.
+can always say where it came from. Measuring retrieval quality lives in ``labkit.rag.evaluation``.
 
 Markdown and plain text are read; PDF is not (it needs a text extractor): convert PDFs first,
 e.g. with ``pdftotext file.pdf``. The figures quoted below were measured on the course's HR

@@ -419,7 +419,7 @@ def test_cli_runs_until_interrupted(embedded: runtime.RuntimeRecord) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        cwd=Path(__file__).parent.parent,
+        cwd=Path(__file__).resolve().parents[2],
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:

@@ -17,6 +17,7 @@ import requests
 
 from labkit import discovery, runtime
 from labkit.errors import RuntimeStartError, RuntimeUnavailable
+from labkit.runtime import launcher
 
 
 @pytest.fixture
@@ -69,7 +70,7 @@ def test_busy_default_port_picks_a_free_one(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    monkeypatch.setattr(runtime, "DEFAULT_PORT", listener)
+    monkeypatch.setattr(launcher, "DEFAULT_PORT", listener)
     record = runtime.up(state_dir=isolated_home)
     assert not record.url.endswith(f":{listener}")
     assert f"Port {listener} is busy; using free port" in capsys.readouterr().out

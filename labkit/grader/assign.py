@@ -731,7 +731,7 @@ def _resolve_points(
 def _init_source(exercise: Exercise, learner: bool, raises: bool) -> str:
     lines = [
         "# Run this cell first: it loads the checks for this exercise.",
-        "from labkit.checks import check, check_all, use_tests",
+        "from labkit.course.checks import check, check_all, use_tests",
     ]
     if learner and raises:
         lines.append("from labkit.errors import NotImplementedYet")

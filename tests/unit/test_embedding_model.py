@@ -22,8 +22,8 @@ import pytest
 import requests
 import xllamacpp
 
-ROOT = Path(__file__).resolve().parent.parent
-REFERENCE = Path(__file__).resolve().parent / "data" / "minilm-reference"
+ROOT = Path(__file__).resolve().parents[2]
+REFERENCE = Path(__file__).resolve().parents[1] / "data" / "minilm-reference"
 INSTALLED_GGUF = ROOT / "models" / "all-minilm-l6-v2.f16.gguf"
 ALIAS = "all-minilm:l6-v2"
 MIN_COSINE = 0.99

@@ -10,13 +10,13 @@ from typing import Any
 import nbformat
 import pytest
 
-from labkit import assign
-from labkit.assign import MasterFormatError, OverwriteRefused
 from labkit.cli import main
+from labkit.grader import assign
+from labkit.grader.assign import MasterFormatError, OverwriteRefused
 
-DATA = Path(__file__).parent / "data" / "grading"
+DATA = Path(__file__).resolve().parents[1] / "data" / "grading"
 TOY = DATA / "masters" / "toy.ipynb"
-PROJECT = Path(__file__).resolve().parent.parent
+PROJECT = Path(__file__).resolve().parents[2]
 
 
 def _cells(path: Path) -> list[Any]:
@@ -332,7 +332,7 @@ def test_course_exercises_match_their_masters() -> None:
 
 
 def test_a_hole_in_a_function_with_a_multiline_signature_raises_not_implemented() -> None:
-    from labkit.assign import _inside_function
+    from labkit.grader.assign import _inside_function
 
     cell = [
         "def robust_chat(",

@@ -26,7 +26,7 @@ from labkit.errors import ServerError
 from labkit.faults import Fault, FaultProxy
 from labkit.health import check_health
 
-DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
 TOKEN = secrets.token_urlsafe(32)  # as long as the tokens deploy/README.md tells you to make
 MODEL = runtime.CHAT_MODEL

@@ -1,4 +1,4 @@
-"""labkit.rag_eval: recall@k and MRR, the threshold calibration, the sweep and its plot.
+"""labkit.rag.evaluation: recall@k and MRR, the threshold calibration, the sweep and its plot.
 
 The corpus tests build the HR handbook's index once (module fixture) with the runtime's
 embedding model; the recall goal is only checked with the real all-MiniLM-L6-v2 (384 dims).
@@ -17,7 +17,7 @@ import pytest
 from labkit import rag
 from labkit.clients import Client
 from labkit.rag import Chunk, EmbeddingCache, Hit, Index, RagError
-from labkit.rag_eval import (
+from labkit.rag.evaluation import (
     Question,
     Source,
     calibrate_threshold,
@@ -31,7 +31,7 @@ from labkit.rag_eval import (
     sweep,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 HANDBOOK = ROOT / "data" / "hr-handbook"
 EVAL_SET = ROOT / "data" / "hr-eval.jsonl"
 MINILM_DIM = 384

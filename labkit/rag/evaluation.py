@@ -24,7 +24,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from tqdm.auto import tqdm
 
-from labkit.rag import (
+from labkit.rag.core import (
     Chunk,
     Document,
     Embedder,

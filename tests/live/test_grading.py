@@ -20,11 +20,13 @@ from typing import Any
 import nbformat
 import pytest
 
-from labkit import assign, checks, discovery, grading
+from labkit import discovery
 from labkit.cli import main
+from labkit.course import checks
 from labkit.errors import LabkitError
+from labkit.grader import assign, grading
 
-DATA = Path(__file__).parent / "data" / "grading"
+DATA = Path(__file__).resolve().parents[1] / "data" / "grading"
 TOY = DATA / "masters" / "toy.ipynb"
 SUBMISSIONS = DATA / "submissions"
 TIMEOUT = "3"  # seconds per cell: the hanging notebooks cost this much each

@@ -31,7 +31,7 @@ from labkit.errors import LabkitError, RuntimeUnavailable
 from labkit.retry import RetryPolicy
 from labkit.structured import InvalidInput
 
-HANDBOOK = Path(__file__).resolve().parent.parent / "data" / "hr-handbook"
+HANDBOOK = Path(__file__).resolve().parents[2] / "data" / "hr-handbook"
 LIVE = {"temperature": 0.0, "seed": 7}
 
 

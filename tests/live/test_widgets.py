@@ -19,9 +19,7 @@ from fake_server import Answer, FakeServer, Lines, ollama_lines, refused_url
 from labkit import discovery
 from labkit.clients import Client
 from labkit.conversation import Message, message_tokens
-from labkit.retry import RetryPolicy
-from labkit.structured import InvalidInput
-from labkit.widgets import (
+from labkit.course.widgets import (
     MODULES,
     Assistant,
     FreeText,
@@ -31,6 +29,8 @@ from labkit.widgets import (
     model_picker,
     quiz,
 )
+from labkit.retry import RetryPolicy
+from labkit.structured import InvalidInput
 
 QUICK = {"max_tokens": 16, "temperature": 0.0, "seed": 11}
 
@@ -259,7 +259,7 @@ def test_reply_reaches_the_browser_while_the_callback_runs(rt: discovery.Runtime
         kernel.start_channels()
         kernel.wait_for_ready(timeout=60)
         setup = kernel.execute(
-            "from labkit.widgets import assistant\n"
+            "from labkit.course.widgets import assistant\n"
             "coach = assistant(1, max_tokens=8, temperature=0, seed=11)\n"
             "print(coach.input.model_id, coach.live.model_id)",
         )

@@ -2,7 +2,7 @@
 
 The first cell of every exercise loads its tests::
 
-    from labkit.checks import check, check_all, use_tests
+    from labkit.course.checks import check, check_all, use_tests
     use_tests("tests/01-example.json")
 
 Then ``check("q1")`` runs q1's tests against the variables and functions you defined, and
@@ -186,7 +186,7 @@ def _find_tests(path: Path) -> Path:
     """Look next to the notebook first, then in the course's exercises/ folder."""
     candidates = [path]
     if not path.is_absolute():
-        project = Path(__file__).resolve().parent.parent
+        project = Path(__file__).resolve().parents[2]
         # solutions/ sits next to exercises/, which holds the tests of both versions
         candidates = [Path.cwd() / path, Path.cwd().parent / "exercises" / path]
         candidates.append(project / "exercises" / path)

@@ -54,9 +54,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from labkit import assign
-from labkit.assign import Exercise, write_atomic
 from labkit.errors import LabkitError
+from labkit.grader import assign
+from labkit.grader.assign import Exercise, write_atomic
 
 ISOLATION = """\
 Enforced: learner code runs as an unprivileged grading user in a private mount namespace;
@@ -82,7 +82,7 @@ FLOOD_BYTES = 1_000_000  # output of one cell that counts as a flood (not kept, 
 KEEP_BYTES = 2_000_000  # output kept per notebook in executed/
 WORLD_WRITABLE = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
 START_ERROR = "kernel-start-error.txt"  # written in the scratch folder if a kernel cannot start
-PROJECT = Path(__file__).resolve().parent.parent
+PROJECT = Path(__file__).resolve().parents[2]
 
 
 class GradingError(LabkitError):
@@ -209,7 +209,7 @@ PRELOAD = (
     "ipykernel.kernelapp",
     "ipykernel.ipkernel",
     "labkit",
-    "labkit.checks",
+    "labkit.course.checks",
     "requests",
     "numpy",
 )
@@ -383,7 +383,7 @@ def _covers(settings: Settings, scratch: Path) -> list[list[Any]]:
     # /tmp itself is replaced: keep the scratch folder, Python and the course's folder.
     # Not the whole scratch base: it holds other learners' scratch folders.
     needed = [p for p in _needed_paths() if p != SCRATCH_BASE]
-    wanted = [scratch, *needed, Path(__file__).resolve().parent.parent]
+    wanted = [scratch, *needed, PROJECT]
     for folder in WORLD_WRITABLE:
         if os.path.isdir(folder) and os.stat(folder).st_mode & stat.S_IWOTH:
             keep = sorted({str(p.resolve()) for p in wanted if _is_within(p, Path(folder))})
@@ -422,7 +422,7 @@ def _needed_paths() -> list[Path]:
         Path(sys.base_prefix),
         Path(sys.prefix),
         Path(sys.executable),
-        Path(__file__).resolve().parent,
+        Path(__file__).resolve().parents[1],  # the labkit package
         SCRATCH_BASE,
     ]
 
@@ -1053,7 +1053,7 @@ async def _run_test(
         "hint": "",
     }
     expression = (
-        "__import__('labkit.checks', fromlist=['grade_test'])"
+        "__import__('labkit.course.checks', fromlist=['grade_test'])"
         f".grade_test({json.dumps(spec)!r}, globals())"
     )
     msg_id = kc.execute(
@@ -1193,7 +1193,7 @@ def _preflight(settings: Settings, user: tuple[int, int, str]) -> None:
     # Reading the files is enough to know the kernel will import them (and much faster).
     import importlib.util
 
-    needed = [str(Path(__file__).with_name("checks.py"))]
+    needed = [str(Path(__file__).resolve().parents[1] / "course" / "checks.py")]
     for name in ("ipykernel", "IPython", "nbformat"):
         found = importlib.util.find_spec(name)
         if found and found.origin:
@@ -1369,7 +1369,7 @@ def _grade_all(
         # Workers fork from a server process that has imported the grader and the kernel's
         # modules once: no worker pays for those imports, and none inherits our threads.
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["labkit.grading", *PRELOAD])
+        context.set_forkserver_preload(["labkit.grader.grading", *PRELOAD])
         handout: Any = context.Queue()
         for number in slots.numbers if slots else range(workers):
             handout.put(number)

@@ -1,0 +1,48 @@
+"""Course tools for the notebooks: quizzes, the design assistant and `check()` for exercises.
+
+The widgets are imported on first use, so a grading kernel that only needs `check()` never
+loads ipywidgets.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from labkit.course.checks import CheckResult, CheckSummary, check, check_all, use_tests
+
+_WIDGETS = (
+    "Assistant",
+    "Feedback",
+    "FreeText",
+    "ModelPicker",
+    "Quiz",
+    "assistant",
+    "free_text",
+    "model_picker",
+    "quiz",
+)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WIDGETS:
+        return getattr(importlib.import_module("labkit.course.widgets"), name)
+    raise AttributeError(f"module 'labkit.course' has no attribute {name!r}")
+
+
+__all__ = [
+    "Assistant",
+    "CheckResult",
+    "CheckSummary",
+    "Feedback",
+    "FreeText",
+    "ModelPicker",
+    "Quiz",
+    "assistant",
+    "check",
+    "check_all",
+    "free_text",
+    "model_picker",
+    "quiz",
+    "use_tests",
+]

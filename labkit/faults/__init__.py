@@ -1,0 +1,25 @@
+"""Fault injection: a proxy that makes a runtime fail on purpose, so you can see your code cope."""
+
+from labkit.faults.proxy import (
+    STREAM_TYPES,
+    Action,
+    Exchange,
+    Fault,
+    FaultProxy,
+    FaultSpecError,
+    Rule,
+    parse_rule,
+    serve,
+)
+
+__all__ = [
+    "STREAM_TYPES",
+    "Action",
+    "Exchange",
+    "Fault",
+    "FaultProxy",
+    "FaultSpecError",
+    "Rule",
+    "parse_rule",
+    "serve",
+]
