@@ -11,22 +11,25 @@ from typing import Any
 
 from labkit.course.checks import CheckResult, CheckSummary, check, check_all, use_tests
 
-_WIDGETS = (
-    "Assistant",
-    "Feedback",
-    "FreeText",
-    "ModelPicker",
-    "Quiz",
-    "assistant",
-    "free_text",
-    "model_picker",
-    "quiz",
-)
+# Where each widget lives; imported on first use.
+_WIDGETS = {
+    "Assistant": "coach",
+    "Feedback": "display",
+    "FreeText": "quizzes",
+    "ModelPicker": "picker",
+    "Quiz": "quizzes",
+    "assistant": "coach",
+    "free_text": "quizzes",
+    "guide": "coach",
+    "model_picker": "picker",
+    "number": "quizzes",
+    "quiz": "quizzes",
+}
 
 
 def __getattr__(name: str) -> Any:
     if name in _WIDGETS:
-        return getattr(importlib.import_module("labkit.course.widgets"), name)
+        return getattr(importlib.import_module(f"labkit.course.{_WIDGETS[name]}"), name)
     raise AttributeError(f"module 'labkit.course' has no attribute {name!r}")
 
 
@@ -42,7 +45,9 @@ __all__ = [
     "check",
     "check_all",
     "free_text",
+    "guide",
     "model_picker",
+    "number",
     "quiz",
     "use_tests",
 ]

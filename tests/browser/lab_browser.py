@@ -8,7 +8,7 @@ Used by the fixtures in conftest.py and by the tests:
   read the outputs, and collect what only a browser shows (console errors, widgets that failed
   to render). Screenshots of each step go to an artefacts folder.
 - ``run_and_check`` runs a course notebook from the menu and checks what the learner reads;
-  ``ask_assistant``, ``quiz_boxes`` and friends use the widgets of labkit.course.widgets.
+  ``ask_assistant``, ``quiz_boxes`` and friends use the widgets of labkit.course.
 """
 
 from __future__ import annotations
@@ -551,7 +551,7 @@ def write_notebook(path: Path, sources: list[str]) -> None:
     path.write_text(json.dumps(notebook, indent=1, ensure_ascii=False))
 
 
-# --- the course's widgets (labkit.course.widgets) as a learner uses them ----------------------------
+# --- the course's widgets (labkit.course) as a learner uses them ------------------------------------
 
 
 def assistant_boxes(page: Page, placeholder: str) -> Locator:
@@ -563,7 +563,7 @@ def assistant_boxes(page: Page, placeholder: str) -> Locator:
     )
 
 
-# The Assistant's layout (labkit.course.widgets.Assistant.widget): a VBox of heading, model picker,
+# The Assistant's layout (labkit.course.Assistant.widget): a VBox of heading, model picker,
 # transcript, the reply being written, the question row, and a status line.
 _ASSISTANT_PARTS = """root => {
     const [heading, picker, transcript, live, controls, status] = root.children;
@@ -632,12 +632,12 @@ def ask_assistant(root: Locator, question: str, *, press_enter: bool = True) -> 
 
 
 def quiz_boxes(page: Page) -> Locator:
-    """The multiple-choice quizzes (labkit.course.widgets.quiz): radio buttons and a Check button."""
+    """The multiple-choice quizzes (labkit.course.quiz): radio buttons and a Check button."""
     return page.locator(".widget-vbox:has(> .widget-radio):has(> .widget-button)")
 
 
 def free_text_boxes(page: Page) -> Locator:
-    """The typed-answer questions (labkit.course.widgets.free_text): a text box and a Check button."""
+    """The typed-answer questions (labkit.course.free_text): a text box and a Check button."""
     return page.locator(
         ".widget-vbox:has(> .widget-hbox > .widget-text):has(> .widget-hbox > .widget-button)"
         ":not(:has(> .widget-hbox > .widget-dropdown))"  # the assistant has a model picker

@@ -21,7 +21,7 @@ from lab_browser import (
 )
 from playwright.sync_api import expect
 
-from labkit.course.widgets import MODULES
+from labkit.course.coach import MODULES
 
 MODULE_1 = "notebooks/01-local-model-apis.ipynb"
 
@@ -38,9 +38,7 @@ def test_module_1_runs_and_its_widgets_answer(lab_page: LabPage) -> None:
     run_and_check(lab_page, MODULE_1)
 
     coaches = assistant_boxes(lab_page.page, MODULES[1].placeholder)
-    assert coaches.count() >= 1, (
-        f"{MODULE_1} shows no assistant (labkit.course.widgets.assistant(1))"
-    )
+    assert coaches.count() >= 1, f"{MODULE_1} shows no assistant (labkit.course.assistant(1))"
     coach = coaches.first
     coach.scroll_into_view_if_needed()
     question = "In a few sentences: when should my script stream the reply, and when not?"
@@ -54,7 +52,7 @@ def test_module_1_runs_and_its_widgets_answer(lab_page: LabPage) -> None:
         assert reply.text.startswith(partial), (partial, reply.text)
 
     quizzes = quiz_boxes(lab_page.page)
-    assert quizzes.count() >= 1, f"{MODULE_1} shows no quiz (labkit.course.widgets.quiz)"
+    assert quizzes.count() >= 1, f"{MODULE_1} shows no quiz (labkit.course.quiz)"
     quiz = quizzes.first
     quiz.locator(".widget-radio-box label").first.click()
     quiz.get_by_role("button", name="Check").click()

@@ -1,7 +1,7 @@
 """The course's widgets in a real browser: the assistant streams a reply, quizzes give feedback.
 
 A scratch notebook (written under tests/browser/artifacts/scratch/, inside the folder the lab
-serves) shows each widget of labkit.course.widgets; the tests click and type in Chromium, so the
+serves) shows each widget of labkit.course; the tests click and type in Chromium, so the
 whole path runs: the browser's widget front end, the kernel's ipywidgets, and the runtime.
 """
 
@@ -28,10 +28,10 @@ from lab_browser import (
 from playwright.sync_api import expect
 
 from labkit import discovery
-from labkit.course.widgets import MODULES
+from labkit.course.coach import MODULES
 
 CELLS = [
-    "from labkit.course.widgets import Assistant, free_text, quiz\n"
+    "from labkit.course import Assistant, free_text, quiz\n"
     "\n"
     "coach = Assistant(module=1, seed=42, max_tokens=60)\n"
     "coach",
@@ -115,12 +115,13 @@ def test_quiz_gives_feedback(widgets_page: LabPage) -> None:
     feedback = feedback_of(question)
     expect(feedback).to_have_text("")
 
-    question.get_by_text("A. /api/tags", exact=True).click()
+    # Options are shuffled per learner: pick them by their text, not their letter.
+    question.locator(".widget-radio-box label", has_text="/api/tags").click()
     question.get_by_role("button", name="Check").click()
     expect(feedback).to_contain_text("Not quite")
     page.shot("quiz-wrong", question)
 
-    question.get_by_text("B. /api/chat", exact=True).click()
+    question.locator(".widget-radio-box label", has_text="/api/chat").click()
     question.get_by_role("button", name="Check").click()
     expect(feedback).to_contain_text("Correct!")
     expect(feedback).to_contain_text("POST /api/chat takes a model")

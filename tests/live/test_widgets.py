@@ -1,4 +1,4 @@
-"""The notebook widgets, driven from code: quizzes, the model picker and the assistant.
+"""The notebook widgets that talk to the runtime, driven from code: the picker and the coach.
 
 The assistant and the picker talk to the live runtime; a scripted fake server is used only
 to force what a real runtime will not do on demand (a reply that never ends).
@@ -19,18 +19,10 @@ from fake_server import Answer, FakeServer, Lines, ollama_lines, refused_url
 from labkit import discovery
 from labkit.clients import Client
 from labkit.conversation import Message, message_tokens
-from labkit.course.widgets import (
-    MODULES,
-    Assistant,
-    FreeText,
-    Quiz,
-    assistant,
-    free_text,
-    model_picker,
-    quiz,
-)
+from labkit.course.coach import MODULES, Assistant, assistant
+from labkit.course.picker import model_picker
+from labkit.errors import InvalidInput
 from labkit.retry import RetryPolicy
-from labkit.structured import InvalidInput
 
 QUICK = {"max_tokens": 16, "temperature": 0.0, "seed": 11}
 
@@ -43,74 +35,6 @@ def client(rt: discovery.Runtime) -> Client:
 def dead_client() -> Client:
     """A client pointed at a closed port (one attempt, so the test stays quick)."""
     return Client(refused_url(), dialect="ollama", model="m", retry=RetryPolicy(attempts=1))
-
-
-# --- quizzes ----------------------------------------------------------------------------------
-
-
-def make_quiz() -> Quiz:
-    return quiz(
-        "What does `format: json` guarantee?",
-        ["Nothing", "Valid JSON", "Correct facts"],
-        "B",
-        "Decoding is constrained to JSON.",
-    )
-
-
-def test_quiz_accepts_letters_positions_and_text() -> None:
-    q = make_quiz()
-    for right in ("B", "b", 1, "Valid JSON", " valid json. ", "B. Valid JSON"):
-        assert q.check(right).correct, right
-    for wrong in ("A", 2, "Correct facts"):
-        assert not q.check(wrong).correct, wrong
-    assert "Choose" in q.check(None).message and "Choose" in q.check("Z").message
-
-
-def test_quiz_submit_shows_feedback_and_the_explanation() -> None:
-    q = make_quiz()
-    feedback = q.submit("A")
-    assert not feedback.correct and "Not quite" in q.output.value
-    assert "constrained to JSON" in q.output.value and q.choice.value == "A. Nothing"
-    assert q.submit("B").correct and "Correct!" in q.output.value
-
-
-def test_quiz_check_button_reads_the_selection() -> None:
-    q = make_quiz()
-    q.choice.value = "B. Valid JSON"  # what a click on the radio button does
-    q.button.click()
-    assert q.feedback is not None and q.feedback.correct and "Correct!" in q.output.value
-
-
-def test_quiz_option_text_wins_over_a_letter() -> None:
-    q = Quiz("2 + 2?", ["3", "4", "A"], "4")
-    assert q.answer == 1 and q.check("4").correct and not q.check("A").correct
-
-
-def test_quiz_refuses_an_answer_that_is_not_an_option() -> None:
-    with pytest.raises(InvalidInput, match="none of the options"):
-        quiz("?", ["x", "y"], "maybe")
-    with pytest.raises(InvalidInput, match="2 to"):
-        quiz("?", ["only one"], 0)
-
-
-def test_free_text_with_accepted_answers_and_with_a_function() -> None:
-    q = free_text("Default port of Ollama?", ["11434"], "Ollama listens on 11434.")
-    assert q.submit(" 11434. ").correct and "11434" in q.output.value
-    assert not q.submit("8080").correct and "Not quite" in q.output.value
-    assert "Type an answer" in q.check("  ").message
-
-    def at_most_seventy(text: str) -> bool:
-        return float(text.strip().rstrip("%")) <= 70
-
-    budget = FreeText("Input share of the window?", at_most_seventy)
-    assert budget.check("70%").correct and not budget.check("90").correct
-    assert "Could not check" in budget.check("seventy").message  # the checker raised
-
-
-def test_free_text_checks_on_enter() -> None:
-    q = free_text("Name the runtime started by `labkit up`.", "llama.cpp")
-    q.text.value = "Llama.cpp"  # what Enter sends from the browser (continuous_update=False)
-    assert q.feedback is not None and q.feedback.correct and "Correct!" in q.output.value
 
 
 # --- the model picker -------------------------------------------------------------------------
@@ -259,7 +183,7 @@ def test_reply_reaches_the_browser_while_the_callback_runs(rt: discovery.Runtime
         kernel.start_channels()
         kernel.wait_for_ready(timeout=60)
         setup = kernel.execute(
-            "from labkit.course.widgets import assistant\n"
+            "from labkit.course import assistant\n"
             "coach = assistant(1, max_tokens=8, temperature=0, seed=11)\n"
             "print(coach.input.model_id, coach.live.model_id)",
         )

@@ -1,0 +1,358 @@
+"""The design coach: a chat with the local model about one module's design exercise.
+
+A small model gives thin or wrong advice, so the coach never stands alone: next to the chat
+each module has a design guide that works without any model — a checklist, questions worth
+asking, and a worked example of a good design conversation. The coach's instructions and the
+guides are plain Markdown files in ``labkit/course/prompts/`` that an instructor can edit.
+
+When the runtime lists several chat models, the coach starts on the largest one (by the size in
+its name); the learner can pick another in its dropdown.
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import ipywidgets as w
+
+from labkit.clients import Client, Reply, Timeout
+from labkit.conversation import Conversation, Message, Summariser, summarise_with
+from labkit.course.display import Displayed, notice, text_html
+from labkit.course.picker import UNAVAILABLE, ModelPicker
+from labkit.errors import InvalidInput, LabkitError, RuntimeUnavailable
+
+__all__ = ["MODULES", "Assistant", "Module", "assistant", "guide", "load_module"]
+
+
+@dataclass(frozen=True)
+class Module:
+    """What the assistant coaches in one module, and the guide that works without a model."""
+
+    title: str
+    system: str
+    placeholder: str
+    checklist: tuple[str, ...] = ()
+    questions: tuple[str, ...] = ()
+    example: tuple[tuple[str, str], ...] = ()  # (speaker, text) of a worked dialogue
+
+    def guide_html(self) -> str:
+        """The checklist, the suggested questions and the worked example, as HTML."""
+        items = "".join(f"<li>☐ {text_html(item)}</li>" for item in self.checklist)
+        asks = "".join(f"<li>{text_html(item)}</li>" for item in self.questions)
+        lines = "".join(
+            f'<div style="margin:2px 0"><b>{html.escape(who)}:</b> {text_html(text)}</div>'
+            for who, text in self.example
+        )
+        style = "line-height:1.4"
+        return (
+            f'<div style="{style}"><b>Checklist for your design</b>'
+            f'<ul style="list-style:none;padding-left:0.5em">{items}</ul>'
+            f"<b>Questions worth asking</b><ul>{asks}</ul>"
+            f"<b>A worked example</b>{lines}</div>"
+        )
+
+
+def _sections(text: str) -> tuple[str, dict[str, str]]:
+    """A prompt file's title (its "# " line) and its "## " sections by lower-case name."""
+    title, parts, name = "", {}, ""
+    for line in text.splitlines():
+        if line.startswith("# "):
+            title = line[2:].strip()
+        elif line.startswith("## "):
+            name = line[3:].strip().lower()
+            parts[name] = ""
+        elif name:
+            parts[name] += line + "\n"
+    return title, {key: value.strip() for key, value in parts.items()}
+
+
+def _prompt_file(name: str) -> str:
+    return (resources.files("labkit.course") / "prompts" / name).read_text(encoding="utf-8")
+
+
+def load_module(number: int) -> Module:
+    """Module ``number``'s coach, read from prompts/coach.md and prompts/module-<number>.md."""
+    try:
+        text = _prompt_file(f"module-{number}.md")
+    except FileNotFoundError as exc:
+        raise InvalidInput(f"There is no coach for module {number!r}.") from exc
+    title, parts = _sections(text)
+    missing = {"placeholder", "brief"} - parts.keys()
+    if not title or missing:
+        raise InvalidInput(
+            f"prompts/module-{number}.md needs a '# title' and the sections {sorted(missing)}."
+        )
+
+    def bullets(section: str) -> tuple[str, ...]:
+        lines = parts.get(section, "").splitlines()
+        return tuple(line[2:].strip() for line in lines if line.startswith("- "))
+
+    dialogue = []
+    for line in parts.get("example", "").splitlines():
+        who, sep, said = line.partition(":")
+        if sep and who.strip() in {"You", "Coach"}:
+            dialogue.append((who.strip(), said.strip()))
+    return Module(
+        title=title,
+        system=f"{_prompt_file('coach.md').strip()} {parts['brief']}",
+        placeholder=parts["placeholder"],
+        checklist=bullets("checklist"),
+        questions=bullets("questions"),
+        example=tuple(dialogue),
+    )
+
+
+MODULES: dict[int, Module] = {number: load_module(number) for number in (1, 2, 3, 4)}
+
+
+class _Guide(Displayed):
+    def __init__(self, module: Module) -> None:
+        self.widget = w.HTML(module.guide_html())
+
+
+def guide(module: int) -> Displayed:
+    """Module ``module``'s design guide on its own: checklist, questions, worked example."""
+    if module not in MODULES:
+        raise InvalidInput(f"module must be one of {sorted(MODULES)}, not {module!r}.")
+    return _Guide(MODULES[module])
+
+
+PieceObserver = Callable[[str], None]
+
+
+class Assistant(Displayed):
+    """A chat with the local model, framed as a design coach for one module's exercise.
+
+    ``send(text)`` streams the reply into the widget piece by piece and returns it. The
+    conversation is kept inside the context window by a ``Conversation`` (the sliding window
+    of Module 2). When no runtime answers, the widget says so and the next send tries again.
+    Below the chat, the module's design guide (checklist, questions, worked example) is one
+    click away; a suggested question sends itself when clicked.
+
+    Without a ``client`` the coach finds the runtime and starts on its largest chat model; a
+    given client keeps its model (``prefer_largest=True`` switches it).
+    """
+
+    def __init__(
+        self,
+        module: int = 1,
+        client: Client | None = None,
+        *,
+        max_tokens: int = 250,
+        temperature: float = 0.3,
+        seed: int | None = None,
+        timeout: float = 60.0,
+        context_tokens: int = 2048,
+        keep_turns: int = 4,
+        summarise: bool | Summariser = False,
+        prefer_largest: bool | None = None,
+    ) -> None:
+        if module not in MODULES:
+            raise InvalidInput(f"module must be one of {sorted(MODULES)}, not {module!r}.")
+        self.module = MODULES[module]
+        self.max_tokens, self.temperature, self.seed = max_tokens, temperature, seed
+        self.timeout = timeout  # seconds for a whole reply, so a send never hangs the kernel
+        summariser: Summariser | None = summarise if callable(summarise) else None
+        if summarise is True:
+
+            def summariser(previous: str, older: Sequence[Message]) -> str:
+                # Ask through whichever client is current when the summary is due.
+                return summarise_with(self._need_client())(previous, older)
+
+        self.conversation = Conversation(
+            self.module.system,
+            context_tokens=context_tokens,
+            keep_turns=keep_turns,
+            summarise=summariser,
+        )
+        self.observers: list[PieceObserver] = []
+        self.last_reply: Reply | None = None
+        self._past = ""  # the transcript so far, as HTML (re-rendered only between turns)
+
+        if prefer_largest is None:
+            prefer_largest = client is None  # never change the model of a learner's client
+        self.picker = ModelPicker(client, prefer_largest=prefer_largest)
+        self.output = w.HTML(layout={"max_height": "420px", "overflow": "auto"})
+        self.live = w.HTML()  # the reply being written
+        # CSS classes name the parts, for custom styles (and for browser tests to find them).
+        self.output.add_class("labkit-transcript")
+        self.live.add_class("labkit-live")
+        self.status = w.HTML()
+        self.input = w.Text(
+            placeholder=self.module.placeholder,
+            continuous_update=False,  # the value arrives on Enter (or when the box loses focus)
+            layout={"flex": "1"},
+        )
+        self.send_button = w.Button(description="Send", button_style="primary")
+        self.clear_button = w.Button(description="New chat")
+        self.input.observe(self._submitted, names="value")
+        self.send_button.on_click(lambda _: self._submitted({"new": self.input.value}))
+        self.clear_button.on_click(lambda _: self.clear())
+        heading = w.HTML(f"<h4 style='margin:4px 0'>{html.escape(self.module.title)}</h4>")
+        self.widget = w.VBox(
+            [
+                heading,
+                self.picker.widget,
+                self.output,
+                self.live,
+                w.HBox([self.input, self.send_button, self.clear_button]),
+                self.status,
+                self._guide(),
+            ]
+        )
+
+    def _guide(self) -> w.Accordion:
+        """The design guide under the chat, folded: it works with no model at all."""
+        asks = []
+        for question in self.module.questions:
+            button = w.Button(description=question, tooltip="Ask the coach this")
+            button.layout = {"width": "auto", "max_width": "100%"}
+            button.on_click(lambda _, q=question: self._submitted({"new": q}))
+            asks.append(button)
+        page = w.VBox([w.HTML(self.module.guide_html()), w.HTML("<b>Ask:</b>"), *asks])
+        guide = w.Accordion(children=[page])
+        guide.set_title(0, "Design guide: checklist, questions to ask, a worked example")
+        guide.selected_index = None
+        return guide
+
+    # The client is the picker's, so choosing a model in the dropdown is what send() uses.
+    @property
+    def client(self) -> Client | None:
+        """The client the assistant talks through (None until a runtime was found)."""
+        return self.picker.client
+
+    @client.setter
+    def client(self, client: Client | None) -> None:
+        self.picker.bind(client)
+
+    def observe_pieces(self, observer: PieceObserver) -> None:
+        """Call ``observer(piece)`` for each piece of every reply, after the widget shows it."""
+        self.observers.append(observer)
+
+    def _need_client(self) -> Client:
+        """The client to send through; after a failure, look for the runtime again first."""
+        picker = self.picker
+        if (picker.client is None or picker.value is None) and not picker.refresh():
+            raise RuntimeUnavailable(picker.problem)
+        assert picker.client is not None  # a successful refresh always leaves a client
+        return picker.client
+
+    def send(self, text: str) -> str:
+        """Send ``text``, stream the reply into the widget, and return the reply text.
+
+        If the runtime is unavailable or the message cannot be sent, the widget shows why and
+        the returned text is that notice; nothing is raised for runtime problems.
+        """
+        text = text.strip()
+        if not text:
+            return ""
+        self._add_entry("You", text)
+        self.conversation.add_user(text)
+        pieces: list[str] = []
+        try:
+            client = self._need_client()
+            messages = self.conversation.messages()
+            stream = client.stream(
+                messages,
+                max_tokens=self.max_tokens,
+                temperature=self.temperature,
+                seed=self.seed,
+                options={"repeat_penalty": 1.15},  # keeps the tiny model from looping
+                timeout=Timeout(connect=5.0, read=self.timeout),
+            )
+            deadline = time.monotonic() + self.timeout
+            finished = True
+            try:
+                for piece in stream:
+                    pieces.append(piece)
+                    # Each assignment sends the new value to the browser at once, even while
+                    # this cell (or button callback) is still running: the reply grows live.
+                    self.live.value = self._bubble("Coach", "".join(pieces))
+                    for observer in self.observers:
+                        observer(piece)
+                    if time.monotonic() > deadline:
+                        finished = False
+                        break
+            finally:
+                stream.close()  # closing the connection makes the runtime stop generating
+            self.last_reply = stream.reply if finished else None
+        except LabkitError as exc:
+            return self._failed(exc, "".join(pieces))
+        reply = "".join(pieces).strip()
+        self.conversation.add_assistant(reply)
+        self._add_entry("Coach", reply)
+        if finished:
+            self._show_status()
+        else:
+            self._add_entry("", f"(Stopped: the reply took longer than {self.timeout:g} s.)")
+        return reply
+
+    def _failed(self, exc: LabkitError, partial: str) -> str:
+        """Show why there is no (complete) answer; keep the conversation consistent."""
+        if partial.strip():
+            self.conversation.add_assistant(partial.strip())  # what the learner already saw
+            self._add_entry("Coach", partial.strip())
+        else:
+            self.conversation.undo()  # the question got no answer: it may be asked again
+        if isinstance(exc, RuntimeUnavailable):
+            notice = f"{UNAVAILABLE}\n({exc})"
+            self.picker.refresh()  # show it there too; the next send checks again first
+        else:
+            notice = f"The assistant could not answer: {exc}"
+        self._add_entry("", notice)
+        self.status.value = ""
+        return notice
+
+    def _submitted(self, change: Mapping[str, Any]) -> None:
+        """Enter in the text box or the Send button; errors are shown, never raised into Jupyter."""
+        text = str(change["new"] or "").strip()
+        if not text or self.send_button.disabled:
+            return
+        self.send_button.disabled = self.input.disabled = True
+        self.input.value = ""
+        try:
+            self.send(text)
+        except Exception as exc:  # a callback's exception would vanish into Jupyter's log
+            self._add_entry("", f"Unexpected error: {type(exc).__name__}: {exc}")
+        finally:
+            self.send_button.disabled = self.input.disabled = False
+
+    def clear(self) -> None:
+        """Start a new conversation (same module, same model)."""
+        self.conversation.clear()
+        self._past = self.output.value = self.live.value = self.status.value = ""
+
+    def _add_entry(self, who: str, text: str) -> None:
+        self._past += self._bubble(who, text) if who else notice(text)
+        self.output.value = self._past
+        self.live.value = ""
+
+    @staticmethod
+    def _bubble(who: str, text: str) -> str:
+        return (
+            # A normal line height: widgets set a tall one meant for one-line controls.
+            f'<div style="margin:4px 0;line-height:1.4;white-space:pre-wrap">'
+            f"<b>{html.escape(who)}:</b> "
+            f"{html.escape(text)}</div>"
+        )
+
+    def _show_status(self) -> None:
+        """One line on what was sent and how fast it came back: the numbers the course uses."""
+        parts = [str(self.conversation.trimmed)]
+        reply = self.last_reply
+        if reply is not None:
+            speed = reply.tokens_per_second
+            parts.append(f"{reply.model} · {reply.latency:.1f} s")
+            if speed:
+                parts[-1] += f" · {speed:.0f} tokens/s"
+        self.status.value = f'<small style="color:#666">{html.escape(" — ".join(parts))}</small>'
+
+
+def assistant(module: int, client: Client | None = None, **options: Any) -> Assistant:
+    """The design-coach chat for module 1-4, on the local runtime."""
+    return Assistant(module, client, **options)
