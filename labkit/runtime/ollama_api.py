@@ -35,6 +35,8 @@ from typing import Any, TypeVar
 import aiohttp
 from aiohttp import web
 
+from labkit.runtime import tools
+
 VERSION = "0.12.0"  # the Ollama API version whose shapes this module follows
 
 # Ollama's own sampling defaults (api.DefaultOptions); llama.cpp's differ (top_p 0.95,
@@ -709,6 +711,10 @@ async def chat(request: web.Request) -> web.StreamResponse:
     model, label = model_for(backend, body)
     if not model.chat:
         raise ApiError(400, f'"{label}" does not support chat')
+    if body.get("tools"):  # any model can call tools here: decoding is constrained to them
+        return await tools.chat(
+            request.app[SESSION], model.url, body, label, "ollama", sampling(body)
+        )
     messages = chat_messages(body, label)
     stream = _field(body, "stream", bool, True)
     keep_alive = check_keep_alive(body)
@@ -1166,6 +1172,10 @@ async def forward_openai(request: web.Request) -> web.StreamResponse:
         what = "embeddings" if wants_embeddings else "completions"
         raise ApiError(400, f'"{label}" does not support {what}')
     session = request.app[SESSION]
+    if body.get("tools") and request.path.endswith("/chat/completions"):
+        return await tools.chat(
+            session, model.url, body, label, "openai", tools.openai_sampling(body)
+        )
     try:
         upstream = await _unless_client_leaves(
             request, session.post(model.url + request.path, json=body)
