@@ -1,16 +1,22 @@
-"""Quizzes and typed-answer questions, driven from code (no runtime needed)."""
+"""Quizzes, typed answers and the coach's guides and model choice, driven from code.
+
+No runtime is needed: the one test of the coach's model choice scripts a model listing.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+from fake_server import Answer, FakeServer, refused_url
 
+from labkit.clients import Client
 from labkit.course import free_text, number, quiz
-from labkit.course.coach import MODULES, guide, load_module
+from labkit.course.coach import MODULES, Assistant, guide, load_module
 from labkit.course.picker import largest, parameters
 from labkit.course.quizzes import FreeText, Quiz, option_order
 from labkit.errors import InvalidInput
+from labkit.retry import NO_RETRY
 
 # --- multiple choice --------------------------------------------------------------------------
 
@@ -195,3 +201,32 @@ def test_the_largest_model_replaces_a_smaller_one_only() -> None:
     assert largest(["llama3:latest", "smollm2:135m"], "llama3:latest") == "llama3:latest"
     assert largest(["llama3:latest", "mystery"], "mystery") == "mystery"
     assert largest(["qwen2.5:7b", "smollm2:135m"], "qwen2.5:7b") == "qwen2.5:7b"
+
+
+def test_the_coach_starts_on_the_largest_chat_model_the_runtime_lists() -> None:
+    names = ["smollm2:135m", "qwen2.5:7b", "all-minilm:l6-v2", "llama3.2:3b", "custom:latest"]
+    listing = Answer(200, {"models": [{"name": name} for name in names]})
+    up = Answer(200, "Ollama is running")
+    with FakeServer(up, listing, up, listing) as fake:
+        mine = Client(fake.url, dialect="ollama", model="smollm2:135m", retry=NO_RETRY)
+        coach = Assistant(2, mine, prefer_largest=True)
+        assert coach.picker.value == mine.model == "qwen2.5:7b"
+        kept = Client(fake.url, dialect="ollama", model="smollm2:135m", retry=NO_RETRY)
+        assert Assistant(2, kept).picker.value == "smollm2:135m"  # a given client keeps its model
+    assert "all-minilm:l6-v2" not in coach.picker.dropdown.options
+
+
+def test_the_design_guide_sits_under_the_chat_and_its_questions_send_themselves() -> None:
+    coach = Assistant(4, Client(refused_url(), dialect="ollama", model="m", retry=NO_RETRY))
+    parts = coach.widget.children
+    # The chat's layout is kept (browser tests rely on it); the guide comes last.
+    assert len(parts) == 7 and parts[2] is coach.output and parts[5] is coach.status
+    guide_box = parts[6]
+    assert guide_box.selected_index is None  # folded until the learner opens it
+    page = guide_box.children[0]
+    assert MODULES[4].checklist[0].split("(")[0][:30] in page.children[0].value
+    buttons = [child for child in page.children if hasattr(child, "on_click")]
+    assert [b.description for b in buttons] == list(MODULES[4].questions)
+    buttons[0].click()  # no runtime: the question is shown, with the notice, and nothing lost
+    assert MODULES[4].questions[0] in coach.output.value and "AI unavailable" in coach.output.value
+    assert coach.conversation.history == []
