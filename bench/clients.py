@@ -31,8 +31,7 @@ from typing import Any, ClassVar
 
 import requests
 
-from labkit import discovery
-from labkit.clients import Client
+from labkit import Client, discovery
 
 PROMPT = "Write a short story about a lighthouse keeper."
 SEED = 42

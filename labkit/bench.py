@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from labkit.errors import LabkitError
+from labkit.errors import InvalidInput, LabkitError
 
 Call = Callable[[], object]
 Clock = Callable[[], float]
@@ -38,10 +38,6 @@ RUNTIME = "runtime"  # the runtime's own counters: tokens and decode time (eval_
 USAGE = "usage"  # tokens from the runtime's usage counter, time from our clock
 COUNTED = "counted"  # streamed pieces counted (one piece is about one token), time from our clock
 UNKNOWN = "none"  # plain text, not streamed: nothing to count
-
-
-class BenchmarkError(LabkitError, ValueError):
-    """A benchmark was set up with values it cannot run with."""
 
 
 @dataclass
@@ -139,7 +135,7 @@ def _streamed_trace(
     # A client's stream keeps the runtime's final figures in `.reply` once it has ended.
     try:
         reply = getattr(stream, "reply", None)
-    except LabkitError:  # a stream that failed over to a fallback text, or was cut short
+    except LabkitError:  # a stream that was cut short: the trace keeps what arrived
         reply = None
     tokens, speed, source = _token_figures(reply)
     if tokens is None:
@@ -249,7 +245,7 @@ METRICS = {
 def values(traces: Iterable[Trace], metric: str) -> list[float]:
     """One figure (a name in ``METRICS``) from every trace that has it."""
     if metric not in METRICS:
-        raise BenchmarkError(f"Unknown figure {metric!r}; choose one of {', '.join(METRICS)}.")
+        raise InvalidInput(f"Unknown figure {metric!r}; choose one of {', '.join(METRICS)}.")
     found = (getattr(trace, metric) for trace in traces)
     return [float(v) for v in found if v is not None]
 
@@ -381,13 +377,13 @@ def compare(
 ) -> Comparison:
     """Measure each configuration ``trials`` times, taking turns so drift affects all alike."""
     if not configs:
-        raise BenchmarkError("Nothing to compare: pass at least one configuration.")
+        raise InvalidInput("Nothing to compare: pass at least one configuration.")
     if trials < 1 or warmup < 0:
-        raise BenchmarkError(f"Need trials >= 1 and warmup >= 0 (got {trials} and {warmup}).")
+        raise InvalidInput(f"Need trials >= 1 and warmup >= 0 (got {trials} and {warmup}).")
     plan = {label: c if isinstance(c, Config) else Config(c) for label, c in configs.items()}
     for label, config in plan.items():
         if config.concurrency < 1:
-            raise BenchmarkError(f"{label!r}: concurrency must be at least 1.")
+            raise InvalidInput(f"{label!r}: concurrency must be at least 1.")
     labels = list(plan)
     results: dict[str, list[Trace]] = {label: [] for label in labels}
     rounds = warmup + trials
@@ -448,7 +444,7 @@ def read_csv(path: str | Path) -> Comparison:
             reader = csv.DictReader(file)
             missing = set(COLUMNS) - set(reader.fieldnames or [])
             if missing:
-                raise BenchmarkError(
+                raise InvalidInput(
                     f"{path} is not a trace file: columns {', '.join(sorted(missing))} are "
                     "missing. Write it with labkit.bench.write_csv."
                 )
@@ -456,7 +452,7 @@ def read_csv(path: str | Path) -> Comparison:
                 trace = _from_row(row, path, number)
                 traces.setdefault(trace.label, []).append(trace)
     except OSError as exc:
-        raise BenchmarkError(f"Cannot read {path}: {exc.strerror}.") from exc
+        raise InvalidInput(f"Cannot read {path}: {exc.strerror}.") from exc
     return Comparison(traces)
 
 
@@ -495,7 +491,7 @@ def _from_row(row: Mapping[str, str], path: Path, number: int) -> Trace:
             concurrency=int(row["concurrency"]),
         )
     except (ValueError, TypeError) as exc:
-        raise BenchmarkError(f"{path}, line {number}: not a valid trace row ({exc}).") from exc
+        raise InvalidInput(f"{path}, line {number}: not a valid trace row ({exc}).") from exc
 
 
 __all__ = [
@@ -504,7 +500,6 @@ __all__ = [
     "RUNTIME",
     "UNKNOWN",
     "USAGE",
-    "BenchmarkError",
     "Comparison",
     "Config",
     "Summary",

@@ -20,7 +20,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from labkit.errors import LabkitError
+from labkit.errors import InvalidInput
+
+__all__ = [
+    "PROMPT_KEEP",
+    "CallLog",
+    "Record",
+    "percentile",
+    "prompt_hash",
+    "read_log",
+    "summarize",
+]
 
 PROMPT_KEEP = 500  # prompts up to this many characters are stored in full
 
@@ -91,7 +101,7 @@ def read_log(path: str | Path) -> list[Record]:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError as exc:
-        raise LabkitError(f"No call log at {path}: no call has been logged there yet.") from exc
+        raise InvalidInput(f"No call log at {path}: no call has been logged there yet.") from exc
     lines = text.split("\n")
     records: list[Record] = []
     for number, line in enumerate(lines, start=1):
@@ -102,7 +112,7 @@ def read_log(path: str | Path) -> list[Record]:
         except json.JSONDecodeError as exc:
             if number == len(lines):
                 break  # the last line without its newline: a write cut short by a crash
-            raise LabkitError(f"Line {number} of {path} is not a JSON record: {exc.msg}.") from exc
+            raise InvalidInput(f"Line {number} of {path} is not a JSON record: {exc.msg}.") from exc
     return records
 
 

@@ -2,7 +2,7 @@
 
 The search order: an explicit setting (``LABKIT_BASE_URL``, or ``OLLAMA_HOST`` as Ollama's
 own client reads it) → a running Ollama → LM Studio → a llama.cpp server → the kit's
-embedded runtime, started on demand.
+embedded runtime, started when asked (``find_runtime(start=True)``).
 """
 
 from __future__ import annotations
@@ -11,10 +11,19 @@ import os
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-import requests
-
 from labkit import runtime
 from labkit.errors import RuntimeUnavailable
+from labkit.health import identify
+
+__all__ = [
+    "KNOWN_RUNTIMES",
+    "PROBE_TIMEOUT",
+    "Runtime",
+    "find_runtime",
+    "ollama_host_url",
+    "probe",
+    "running_runtimes",
+]
 
 PROBE_TIMEOUT = 1.0  # seconds; a local server that is up answers in milliseconds
 
@@ -78,24 +87,15 @@ def ollama_host_url(value: str) -> str:
 
 def probe(url: str, timeout: float = PROBE_TIMEOUT) -> tuple[str, tuple[str, ...]] | None:
     """Ask ``url`` what it is: ``(dialect, models)``, or None if no model server answers."""
-    url = url.rstrip("/")
-    key = os.environ.get("LABKIT_API_KEY")
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    try:
-        root = requests.get(url + "/", timeout=timeout, headers=headers)
-        if root.ok and "Ollama is running" in root.text:
-            tags = requests.get(url + "/api/tags", timeout=timeout, headers=headers).json()
-            return "ollama", tuple(m["name"] for m in tags.get("models", []))
-        listed = requests.get(url + "/v1/models", timeout=timeout, headers=headers)
-        if listed.ok:
-            return "openai", tuple(m["id"] for m in listed.json().get("data", []))
-    except (requests.RequestException, ValueError, KeyError, TypeError):
-        return None
-    return None
+    return identify(url, timeout=timeout)
 
 
-def find_runtime(*, start: bool = True) -> Runtime:
-    """The runtime notebooks should use, following the search order in this module's doc."""
+def find_runtime(*, start: bool = False) -> Runtime:
+    """The runtime notebooks should use, following the search order in this module's doc.
+
+    With nothing running, ``start=True`` starts the kit's embedded runtime; otherwise this
+    raises RuntimeUnavailable (a server takes memory and CPU, so it starts only when asked).
+    """
     embedded = runtime.read_record()
     for variable in ("LABKIT_BASE_URL", "OLLAMA_HOST"):
         if value := os.environ.get(variable):

@@ -27,9 +27,10 @@ from typing import Any
 import ipywidgets as w
 
 from labkit import discovery
-from labkit.clients import Client, Reply, Timeout
+from labkit.client import Client
 from labkit.conversation import Conversation, Message, Summariser, summarise_with
 from labkit.errors import InvalidInput, LabkitError, RuntimeUnavailable
+from labkit.reply import Reply, Timeout
 
 # --- shared bits ------------------------------------------------------------------------------
 

@@ -1616,7 +1616,7 @@ def cli(args: Any) -> int:
         key_path = find_key(root, args.exercise)
         exercise = assign.load_key(key_path)
     out = Path(args.out) if args.out else submissions.with_name(submissions.name + "-grades")
-    url = args.runtime or discovery.find_runtime().url
+    url = args.runtime or discovery.find_runtime(start=True).url
     report = grade(
         submissions,
         exercise,

@@ -16,8 +16,7 @@ from typing import Any
 import pytest
 from fake_server import Answer, FakeServer, Lines, ollama_lines, refused_url
 
-from labkit import discovery
-from labkit.clients import Client
+from labkit import Client, discovery
 from labkit.conversation import Message, message_tokens
 from labkit.course.widgets import (
     MODULES,
@@ -29,8 +28,8 @@ from labkit.course.widgets import (
     model_picker,
     quiz,
 )
+from labkit.errors import InvalidInput
 from labkit.retry import RetryPolicy
-from labkit.structured import InvalidInput
 
 QUICK = {"max_tokens": 16, "temperature": 0.0, "seed": 11}
 
