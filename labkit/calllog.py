@@ -65,7 +65,6 @@ class CallLog:
         validation: str | None = None,  # "ok" or "failed" when the reply was checked
         attempts: int = 1,
         error: BaseException | None = None,
-        from_fallback: bool = False,
         **extra: Any,
     ) -> Record:
         """Write one call's record and return it."""
@@ -86,7 +85,6 @@ class CallLog:
             "attempts": attempts,
             "error": type(error).__name__ if error is not None else None,
             "error_message": str(error) if error is not None else None,
-            "from_fallback": from_fallback,
             **extra,
         }
         line = json.dumps(entry, ensure_ascii=False) + "\n"
@@ -142,7 +140,6 @@ def summarize(records: Iterable[Mapping[str, Any]]) -> Record:
         "errors": len(failed),
         "error_rate": len(failed) / calls if calls else 0.0,
         "error_types": _count(str(r["error"]) for r in failed),
-        "fallbacks": sum(1 for r in records if r.get("from_fallback")),
         "retries": sum(max(0, int(r.get("attempts", 1)) - 1) for r in records),
         "latency_p50": percentile(ok_latency, 50),
         "latency_p90": percentile(ok_latency, 90),

@@ -253,9 +253,12 @@ class Client(Connection):
             timeout=min(self.timeout.read, 10.0),
             api_key=self.api_key,
         )
-        up = report.status != "down"
         available = None if model is None else report.status == "up"
-        return Health(up, available, str(report))
+        if report.status == "down":  # say what to do first; the checks' findings after
+            reasons = "; ".join(report.reasons)
+            detail = f"No runtime at {self.url} — run `labkit up` or start {self.runtime_name} ({reasons})."
+            return Health(False, available, detail)
+        return Health(True, available, str(report))
 
     # --- plumbing: defaults, requests, errors, logging -------------------------------------
 

@@ -120,8 +120,10 @@ def test_models(client: Client, rt: discovery.Runtime) -> None:
 
 
 def test_health(client: Client, rt: discovery.Runtime) -> None:
-    assert client.health() == Health(True, None, client.health().detail)
+    health = client.health()
+    assert health == Health(True, None, health.detail) and health.detail.startswith("up")
     assert client.health(rt.chat_model).model_available is True
+    assert client.health(rt.chat_model.split(":")[0]).model_available is True  # a bare name
     missing = client.health("no-such-model:1b")
     assert missing.up and missing.model_available is False and not missing
     assert rt.chat_model in missing.detail  # says what it has instead

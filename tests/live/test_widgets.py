@@ -237,7 +237,8 @@ def test_enter_sends_and_clears_the_box(client: Client) -> None:
 def test_a_reply_that_never_ends_is_cut_at_the_timeout() -> None:
     endless = Lines(ollama_lines(["word "] * 400, done=False), end="hang", delay=0.02)
     listing = Answer(200, {"models": [{"name": "m"}]})
-    with FakeServer(Answer(200, "Ollama is running"), listing, endless) as fake:
+    # The health check reads / and /api/tags, the picker the model list, then the chat.
+    with FakeServer(Answer(200, "Ollama is running"), listing, listing, endless) as fake:
         slow = Client(fake.url, dialect="ollama", model="m", retry=RetryPolicy(attempts=1))
         coach = Assistant(1, slow, timeout=0.6)
         start = time.monotonic()

@@ -345,7 +345,7 @@ def test_fallback_is_not_used_for_an_unknown_model(sleeps: Sleeps) -> None:
 def test_health_reports_down_without_raising() -> None:
     health = Client(refused_url(), dialect="ollama", model="m").health("m")
     assert not health.up and health.model_available is False and not health
-    assert "down" in health.detail and "cannot connect" in health.detail
+    assert "No runtime" in health.detail and "cannot connect" in health.detail
 
 
 # --- bounds: size, deadline, and what the message says --------------------------------------
