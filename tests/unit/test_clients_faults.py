@@ -420,10 +420,12 @@ def test_a_stalled_server_message_states_the_real_attempts(dialect: str, sleeps:
     assert "nothing for 0.2 s" in str(err.value) and "Gave up after 3 attempts" in str(err.value)
 
 
-def test_the_default_timeout_has_a_deadline() -> None:
+def test_the_defaults_the_readme_promises() -> None:
     limits = Timeout()
-    assert limits.total is not None and limits.total >= limits.read
-    assert Timeout.of(5, limits) == Timeout(5.0, 5.0, limits.total)
+    assert (limits.connect, limits.read, limits.total) == (30.0, 120.0, 600.0)
+    assert Timeout.of(5, limits) == Timeout(5.0, 5.0, 600.0)  # a number keeps the deadline
+    default = Client("http://127.0.0.1:1", dialect="ollama")
+    assert default.timeout == limits and default.max_response_bytes == 32 * 1024 * 1024
 
 
 def test_a_damaged_stream_line_is_a_broken_stream(sleeps: Sleeps) -> None:

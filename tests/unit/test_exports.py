@@ -52,6 +52,7 @@ EXPORTS: dict[str, set[str]] = {
         "validate",
     },
     "labkit.bench": {
+        "Call",
         "COUNTED",
         "Comparison",
         "Config",
@@ -208,6 +209,20 @@ EXPORTS: dict[str, set[str]] = {
         "check_schema",
         "parse_json",
         "validate",
+    },
+    "labkit.trace": {
+        "COUNTED",
+        "Call",
+        "Clock",
+        "RUNTIME",
+        "Timed",
+        "Trace",
+        "Traces",
+        "UNKNOWN",
+        "USAGE",
+        "measure",
+        "runtime_speed",
+        "timed",
     },
     "labkit.transport": {
         "Deadline",
