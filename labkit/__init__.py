@@ -1,8 +1,11 @@
 """labkit: the helpers that the Local LLM Lab notebooks import.
 
-Each module is one idea; open it to read what a helper does:
-client (talking to a runtime; dialects, stream, reply, connection, transport), conversation (context windows), errors, discovery (finding a
-model server). The course widgets live in `labkit.course`, the runtime in `labkit.runtime`.
+Each module is one idea; open it to read what a helper does. The README's "Read the code"
+table says which lesson opens which file: client.py (talking to a runtime) with dialects.py,
+reply.py, stream.py, connection.py and transport.py; errors, discovery, structured output,
+conversation, retry, degrade, call log, health, bench and plots. The course widgets live in
+``labkit.course``, the runtime in ``labkit.runtime``; importing labkit loads no widgets,
+no web server and no grader.
 """
 
 from labkit.calllog import CallLog, read_log, summarize

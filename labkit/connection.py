@@ -166,9 +166,11 @@ class Connection:
         try:
             return (retry or self.retry).call(fn, remaining=deadline.remaining)
         except LabkitError as exc:
-            if deadline.attempts > 1 and exc.args and isinstance(exc.args[0], str):
+            message = exc.args[0] if exc.args and isinstance(exc.args[0], str) else None
+            # The deadline's own message already counts the attempts.
+            if deadline.attempts > 1 and message and "(Timeout.total)" not in message:
                 exc.args = (
-                    f"{exc.args[0]} (Gave up after {tries(deadline.attempts)} in "
+                    f"{message} (Gave up after {tries(deadline.attempts)} in "
                     f"{deadline.elapsed():.0f} s.)",
                     *exc.args[1:],
                 )

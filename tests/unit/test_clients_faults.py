@@ -432,3 +432,14 @@ def test_a_damaged_stream_line_is_a_broken_stream(sleeps: Sleeps) -> None:
     damaged = Lines(["not json"], content_type="application/x-ndjson")
     with FakeServer(damaged) as fake, pytest.raises(BrokenStream, match="not a JSON object"):
         list(client(fake.url, "ollama", sleeps).stream("hi"))
+
+
+def test_a_hang_longer_than_the_deadline_is_reported_as_the_deadline(sleeps: Sleeps) -> None:
+    with FakeServer(Hang(30)) as fake:
+        began = time.monotonic()
+        with pytest.raises(LabkitTimeout) as err:
+            limits = Timeout(connect=1, read=60, total=0.5)
+            client(fake.url, "ollama", sleeps, timeout=limits).chat("hi")
+    assert time.monotonic() - began < 3  # not the 60 s read timeout
+    assert "deadline of 0.5 s" in str(err.value) and "nothing for 60 s" not in str(err.value)
+    assert len(fake.seen) == 1 and sleeps == []  # no time left for another attempt
