@@ -108,7 +108,8 @@ def _chunks(response: requests.Response) -> Iterator[bytes]:
     raw = response.raw
     while True:
         try:
-            data = raw.read1(CHUNK)
+            # Unpacked as it is read (gzip from a proxy), so the limit counts what it unpacks to.
+            data = raw.read1(CHUNK, decode_content=True)
         except ReadTimeoutError as exc:
             raise requests.ReadTimeout(exc) from exc
         except ProtocolError as exc:

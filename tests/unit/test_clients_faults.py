@@ -6,6 +6,7 @@ injected ``sleep`` that records the delays instead of waiting.
 
 from __future__ import annotations
 
+import gzip
 import json
 import time
 from pathlib import Path
@@ -443,3 +444,18 @@ def test_a_hang_longer_than_the_deadline_is_reported_as_the_deadline(sleeps: Sle
     assert time.monotonic() - began < 3  # not the 60 s read timeout
     assert "deadline of 0.5 s" in str(err.value) and "nothing for 60 s" not in str(err.value)
     assert len(fake.seen) == 1 and sleeps == []  # no time left for another attempt
+
+
+def test_a_compressed_bomb_is_cut_off_by_its_unpacked_size(sleeps: Sleeps) -> None:
+    # 64 MB of spaces packs into ~64 KB: the limit must count what it unpacks to.
+    bomb = gzip.compress(b" " * 64_000_000, compresslevel=9)
+    answer = Answer(200, bomb, headers={"Content-Encoding": "gzip"})
+    with FakeServer(answer) as fake, pytest.raises(ResponseTooLarge):
+        client(fake.url, "ollama", sleeps, max_response_bytes=1_000_000).chat("hi")
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_a_gzipped_answer_is_read(dialect: str, sleeps: Sleeps) -> None:
+    packed = gzip.compress(json.dumps(ok_body(dialect, "packed")).encode())
+    with FakeServer(Answer(200, packed, headers={"Content-Encoding": "gzip"})) as fake:
+        assert client(fake.url, dialect, sleeps).chat("hi").text == "packed"
