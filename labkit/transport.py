@@ -154,11 +154,14 @@ def read_lines(
             raise _too_large(url, limit)
         deadline.check(url)
         pending += data
-        *lines, pending = pending.split(b"\n")
+        # Lines end in \n, \r\n or a lone \r (all allowed in event streams); a \r\n split
+        # across two reads yields one extra empty line, which both dialects skip.
+        lines = pending.splitlines(keepends=True)
+        pending = lines.pop() if lines and not lines[-1].endswith((b"\n", b"\r")) else b""
         for line in lines:
-            yield line.rstrip(b"\r")
+            yield line.rstrip(b"\r\n")
     if pending:
-        yield pending.rstrip(b"\r")
+        yield pending
 
 
 def parse_retry_after(value: str | None) -> float | None:

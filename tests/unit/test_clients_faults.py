@@ -21,6 +21,7 @@ from fake_server import (
     Lines,
     Reset,
     Sleeps,
+    openai_lines,
     refused_url,
     stream_lines,
 )
@@ -459,3 +460,14 @@ def test_a_gzipped_answer_is_read(dialect: str, sleeps: Sleeps) -> None:
     packed = gzip.compress(json.dumps(ok_body(dialect, "packed")).encode())
     with FakeServer(Answer(200, packed, headers={"Content-Encoding": "gzip"})) as fake:
         assert client(fake.url, dialect, sleeps).chat("hi").text == "packed"
+
+
+@pytest.mark.parametrize("ending", ["\n", "\r\n", "\r"])
+def test_every_line_ending_an_event_stream_may_use(ending: str, sleeps: Sleeps) -> None:
+    lines = [str(line).rstrip("\n") for line in openai_lines(["a", "b"])]
+    sse = "".join(line + ending + ending for line in lines)
+    # Split into one-byte pieces, so every line ending is also cut in two somewhere.
+    pieces: list[bytes | str | float] = [bytes([c]) for c in sse.encode()]
+    with FakeServer(Lines(pieces, raw=True, content_type=SSE)) as fake:
+        stream = client(fake.url, "openai", sleeps).stream("hi")
+        assert list(stream) == ["a", "b"] and stream.reply.completion_tokens == 2
