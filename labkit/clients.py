@@ -481,6 +481,7 @@ class Client:
         fallback: Fallback = None,
         api_key: str | None = None,
         runtime_name: str | None = None,
+        embed_url: str | None = None,
     ) -> None:
         known: tuple[str, ...] | None = None
         if url is None:
@@ -499,6 +500,10 @@ class Client:
         self.dialect: Dialect = OllamaDialect() if dialect == "ollama" else OpenAIDialect()
         self.model = model or None
         self.embed_model = embed_model or None
+        # llama.cpp serves embeddings from a second server: $LABKIT_EMBED_URL names it.
+        embed_url = discovery.embed_url_from_env() if embed_url is None else embed_url
+        self.embed_url = embed_url.rstrip("/").removesuffix("/v1") or self.url
+        self._embedder: Client | None = None
         self._known_models = known
         self._versions: dict[str, str | None] = {}  # model -> digest, for the call log
         self.timeout = Timeout.of(timeout, Timeout())
@@ -650,6 +655,10 @@ class Client:
             )
         if batch_size < 1:
             raise InvalidInput(f"batch_size must be at least 1, not {batch_size}.")
+        if self.embed_url != self.url:
+            return self._embed_client().embed(
+                items, model=model or self.embed_model, batch_size=batch_size, timeout=timeout
+            )
         model = model or self._default_embed_model()
         start, tries, rows = time.perf_counter(), _Tries(), []
         try:
@@ -719,6 +728,20 @@ class Client:
         if self.model is None:
             self.model = self._pick_model(embedding=False)
         return self.model
+
+    def _embed_client(self) -> Client:
+        """The client of the embedding server at ``embed_url`` (made on first use)."""
+        if self._embedder is None:
+            self._embedder = Client(
+                self.embed_url,
+                embed_model=self.embed_model,
+                timeout=self.timeout,
+                retry=self.retry,
+                log=self.log,
+                embed_url="",
+                runtime_name=f"the embedding server at {self.embed_url} ($LABKIT_EMBED_URL)",
+            )
+        return self._embedder
 
     def _default_embed_model(self) -> str:
         if self.embed_model is None:
