@@ -28,6 +28,7 @@ __all__ = [
     "ollama_host_url",
     "probe",
     "running_runtimes",
+    "use_ollama_dialect",
 ]
 
 PROBE_TIMEOUT = 1.0  # seconds; a local server that is up answers in milliseconds
@@ -259,3 +260,32 @@ def running_runtimes() -> list[Runtime]:
     if embedded and (answer := probe(embedded.url)):
         found.append(_embedded(embedded, answer, f"started by labkit, pid {embedded.pid}"))
     return found
+
+
+def use_ollama_dialect(*, say: bool = True) -> Runtime:
+    """A runtime that speaks Ollama's dialect, for work written against ``/api/*``.
+
+    The runtime found as usual if it speaks it; else another one running here that does; else
+    the kit's runtime, started for it. When the choice differs from the usual one,
+    ``$LABKIT_BASE_URL`` is set in this process so that every later ``find_runtime()`` agrees.
+    """
+    usual = find_runtime()
+    if usual.dialect == "ollama":
+        return usual
+    others = [rt for rt in running_runtimes() if rt.dialect == "ollama"]
+    url = others[0].url if others else runtime.up(say=False).url
+    for name in ("LABKIT_CHAT_MODEL", "LABKIT_EMBED_MODEL_NAME", "LABKIT_EMBED_URL"):
+        os.environ.pop(name, None)  # they name models of the other runtime
+    os.environ["LABKIT_BASE_URL"] = url
+    chosen = replace(find_runtime(), reason=f"{usual.url} speaks only OpenAI's dialect")
+    if say:
+        print(
+            f"Your runtime at {usual.url} speaks only OpenAI's dialect (/v1/*), and this "
+            f"notebook uses Ollama's (/api/*). It uses the Ollama-dialect runtime at {chosen.url} "
+            + (
+                "instead."
+                if others
+                else "instead, which labkit started for it (stop it with `labkit down`)."
+            )
+        )
+    return chosen

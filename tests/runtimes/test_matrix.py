@@ -30,7 +30,7 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
 from labkit import runtime
-from labkit.grader import assign, grading
+from labkit.grader import assign
 
 ROOT = Path(__file__).resolve().parents[2]
 LAUNCH = Path(__file__).with_name("launch.py")
@@ -115,32 +115,30 @@ def run_notebook(path: Path, env: dict[str, str]) -> nbformat.NotebookNode:
 
 
 def grade_solution(name: str, rt: Served, tmp: Path) -> dict[str, Any]:
-    """Grade ``solutions/name`` with the grader (hidden tests included) against ``rt``."""
+    """Grade ``solutions/name`` with ``labkit grade`` (hidden tests included) against ``rt``."""
     subs = tmp / "subs"
     subs.mkdir()
     shutil.copy(ROOT / "solutions" / name, subs / "solution.ipynb")
-    key = assign.load_key(ROOT / "grading/hidden" / name.replace(".ipynb", ".json"))
-    saved = dict(os.environ)
-    os.environ.clear()
-    os.environ.update(rt.env)  # the grader passes LABKIT_EMBED_URL & co. on to its kernels
-    try:
-        report = grading.grade(
-            subs,
-            key,
-            tmp / "out",
-            runtime_url=rt.env["LABKIT_BASE_URL"],
-            timeout=300.0,
-            sandbox=False,
-            workers=1,
-            root=ROOT,
-            progress=False,
-            say=lambda _: None,
-        )
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-    result = report.result("solution")
+    exercise = name.removesuffix(".ipynb")
+    # A process of its own: the grader hands its own environment ($LABKIT_EMBED_URL & co.)
+    # on to the kernels, as it does for an instructor who grades against this runtime.
+    args = ["grade", str(subs), "--exercise", exercise, "--root", str(ROOT), "--quiet"]
+    args += ["--out", str(tmp / "out"), "--workers", "1", "--timeout", "300", "--no-sandbox"]
+    args += ["--runtime", rt.env["LABKIT_BASE_URL"]]
+    done = subprocess.run(
+        [sys.executable, "-m", "labkit", *args],
+        env=rt.env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=False,
+    )
+    assert done.returncode == 0, f"labkit grade failed:\n{done.stdout}\n{done.stderr}"
+    state = json.loads((tmp / "out/state.json").read_text())
+    result: dict[str, Any] = state["results"]["solution"]
+    key = assign.load_key(ROOT / "grading/hidden" / f"{exercise}.json")
     result["possible"] = key.possible
+    result["total"] = sum(float(t.get("earned", 0)) for t in result["tests"])
     return result
 
 
