@@ -188,3 +188,18 @@ class TestPlainLlamaCpp(Matrix):
 
 class TestOpenAIOnly(Matrix):
     kind = "openai-only"
+
+
+def test_setup_notebook_explains_a_missing_embedding_model(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """A llama.cpp chat server alone: the setup notebook says what to start, and passes."""
+    rt = start("llamacpp", tmp_path_factory.mktemp("runtime-chat-only"))
+    try:
+        env = {k: v for k, v in rt.env.items() if k != "LABKIT_EMBED_URL"}
+        nb = run_notebook(ROOT / "notebooks/00-check-your-setup.ipynb", env)
+    finally:
+        rt.stop()
+    printed = "".join(out.get("text", "") for cell in nb.cells for out in cell.get("outputs", []))
+    assert "--embeddings --pooling mean" in printed and "LABKIT_EMBED_URL" in printed, printed
+    assert "embeddings skipped" in printed and "✅ streaming works" in printed, printed
