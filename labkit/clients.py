@@ -553,6 +553,8 @@ class Client:
     def close(self) -> None:
         """Close the open connections."""
         self.session.close()
+        if self._embedder is not None:
+            self._embedder.close()
 
     # --- verbs ----------------------------------------------------------------------------
 
