@@ -46,6 +46,9 @@ class Served:
         self.kind, self.env, self.process = kind, env, process
 
     def stop(self) -> None:
+        # Exercise 1 starts the kit's runtime under this LABKIT_HOME when no Ollama-dialect
+        # runtime answers on a known port: stop it with the rest.
+        runtime.down(state_dir=Path(self.env["LABKIT_HOME"]), say=False)
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             try:
