@@ -64,6 +64,7 @@ class Client(Connection):
         log: CallLog | str | Path | None = None,
         api_key: str | None = None,
         runtime_name: str | None = None,
+        embed_url: str | None = None,
         start: bool = False,
         max_response_bytes: int = MAX_RESPONSE_BYTES,
         clock: Callable[[], float] = time.monotonic,
@@ -87,6 +88,10 @@ class Client(Connection):
         )
         self.model = model or None
         self.embed_model = embed_model or None
+        # llama.cpp serves embeddings from a second server: $LABKIT_EMBED_URL names it.
+        embed_url = discovery.embed_url_from_env() if embed_url is None else embed_url
+        self.embed_url = embed_url.rstrip("/").removesuffix("/v1") or self.url
+        self._embedder: Client | None = None
         self._known_models = known
         self._versions: dict[str, str | None] = {}  # model -> digest, for the call log
         self.log = CallLog(log) if isinstance(log, (str, Path)) else log
@@ -104,6 +109,12 @@ class Client(Connection):
 
     def __enter__(self) -> Client:
         return self
+
+    def close(self) -> None:
+        """Close the open connections (and the embedding server's, if there is one)."""
+        super().close()
+        if self._embedder is not None:
+            self._embedder.close()
 
     # --- verbs ----------------------------------------------------------------------------
 
@@ -196,6 +207,10 @@ class Client(Connection):
             )
         if batch_size < 1:
             raise InvalidInput(f"batch_size must be at least 1, not {batch_size}.")
+        if self.embed_url != self.url:
+            return self._embed_client().embed(
+                items, model=model or self.embed_model, batch_size=batch_size, timeout=timeout
+            )
         model = model or self._default_embed_model()
         start, deadline, rows = time.perf_counter(), self.deadline(timeout), []
         try:
@@ -266,6 +281,22 @@ class Client(Connection):
         if self.model is None:
             self.model = self._pick_model(embedding=False)
         return self.model
+
+    def _embed_client(self) -> Client:
+        """The client of the embedding server at ``embed_url`` (made on first use)."""
+        if self._embedder is None:
+            self._embedder = Client(
+                self.embed_url,
+                embed_model=self.embed_model,
+                timeout=self.timeout,
+                retry=self.retry,
+                log=self.log,
+                embed_url="",
+                max_response_bytes=self.max_response_bytes,
+                clock=self.clock,
+                runtime_name=f"the embedding server at {self.embed_url} ($LABKIT_EMBED_URL)",
+            )
+        return self._embedder
 
     def _default_embed_model(self) -> str:
         if self.embed_model is None:

@@ -715,7 +715,7 @@ def _kernel_env(settings: Settings, scratch: Path, user: str) -> dict[str, str]:
         "OPENBLAS_NUM_THREADS": "1",
         "MKL_NUM_THREADS": "1",
     }
-    for name in ("LABKIT_CHAT_MODEL", "LABKIT_EMBED_MODEL_NAME"):
+    for name in ("LABKIT_CHAT_MODEL", "LABKIT_EMBED_MODEL_NAME", "LABKIT_EMBED_URL"):
         if value := os.environ.get(name):
             env[name] = value
     return env
