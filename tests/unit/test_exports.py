@@ -141,10 +141,13 @@ EXPORTS: dict[str, set[str]] = {
         "KNOWN_RUNTIMES",
         "PROBE_TIMEOUT",
         "Runtime",
+        "embed_url_from_env",
+        "embeddings_help",
         "find_runtime",
         "ollama_host_url",
         "probe",
         "running_runtimes",
+        "use_ollama_dialect",
     },
     "labkit.errors": {
         "BrokenStream",
