@@ -31,8 +31,7 @@ from typing import Any, ClassVar
 
 import requests
 
-from labkit import discovery
-from labkit.clients import Client
+from labkit import Client, discovery
 
 PROMPT = "Write a short story about a lighthouse keeper."
 SEED = 42
@@ -251,7 +250,7 @@ def main() -> None:
     parser.add_argument("--texts", type=int, default=64, help="texts to embed")
     parser.add_argument("--embed-rounds", type=int, default=3, help="embedding rounds per way")
     args = parser.parse_args()
-    rt = discovery.find_runtime()
+    rt = discovery.find_runtime(start=True)
     print(f"Runtime: {rt}\n")
     for dialect in ("openai", "ollama"):
         live = bench_stream(rt.url, rt.chat_model, dialect, args.rounds, args.tokens)

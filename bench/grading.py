@@ -150,7 +150,7 @@ def main() -> None:
     parser.add_argument("--no-sandbox", action="store_true")
     args = parser.parse_args()
     sandbox = not args.no_sandbox
-    url = discovery.find_runtime().url
+    url = discovery.find_runtime(start=True).url
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="labkit-bench-") as tmp:
         base = Path(tmp)

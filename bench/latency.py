@@ -27,8 +27,7 @@ matplotlib.use("Agg")  # files only: no window
 import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
 
-from labkit import bench, plots
-from labkit.clients import Client
+from labkit import Client, bench, plots
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SHORT = "Name three colours."

@@ -40,7 +40,7 @@ def embed_rate(client: rag.Embedder, texts: list[str], model: str, batch_size: i
 
 def bench_corpus(folder: Path, rounds: int) -> None:
     """Index build time and embeddings/s, batched against one by one, on a real corpus."""
-    from labkit.clients import Client
+    from labkit import Client
 
     client = Client()
     start = time.perf_counter()

@@ -1,12 +1,15 @@
 """labkit: the helpers that the Local LLM Lab notebooks import.
 
-Each module is one idea; open it to read what a helper does:
-clients (talking to a runtime), conversation (context windows), errors, discovery (finding a
-model server). The course widgets live in `labkit.course`, the runtime in `labkit.runtime`.
+Each module is one idea; open it to read what a helper does. The README's "Read the code"
+table says which lesson opens which file: client.py (talking to a runtime) with dialects.py,
+reply.py, stream.py, connection.py and transport.py; errors, discovery, structured output,
+conversation, retry, degrade, call log, health, bench and plots. The course widgets live in
+``labkit.course``, the runtime in ``labkit.runtime``; importing labkit loads no widgets,
+no web server and no grader.
 """
 
 from labkit.calllog import CallLog, read_log, summarize
-from labkit.clients import Client, Health, Reply, Stream, Timeout
+from labkit.client import Client
 from labkit.conversation import (
     ContextOverflow,
     Conversation,
@@ -17,22 +20,27 @@ from labkit.conversation import (
 )
 from labkit.discovery import Runtime, find_runtime
 from labkit.errors import (
+    BrokenStream,
     InvalidInput,
     InvalidModelOutput,
     LabkitError,
     LabkitTimeout,
     ModelNotFound,
     NotImplementedYet,
+    ResponseTooLarge,
     RuntimeStartError,
     RuntimeUnavailable,
     ServerBusy,
     ServerError,
 )
+from labkit.reply import Health, Reply, Timeout
 from labkit.retry import NO_RETRY, RetryPolicy
+from labkit.stream import Stream
 from labkit.structured import validate
 
 __all__ = [
     "NO_RETRY",
+    "BrokenStream",
     "CallLog",
     "Client",
     "ContextOverflow",
@@ -45,6 +53,7 @@ __all__ = [
     "ModelNotFound",
     "NotImplementedYet",
     "Reply",
+    "ResponseTooLarge",
     "RetryPolicy",
     "Runtime",
     "RuntimeStartError",

@@ -20,7 +20,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from labkit.errors import LabkitError
+from labkit.errors import InvalidInput
+
+__all__ = [
+    "PROMPT_KEEP",
+    "CallLog",
+    "Record",
+    "percentile",
+    "prompt_hash",
+    "read_log",
+    "summarize",
+]
 
 PROMPT_KEEP = 500  # prompts up to this many characters are stored in full
 
@@ -55,7 +65,6 @@ class CallLog:
         validation: str | None = None,  # "ok" or "failed" when the reply was checked
         attempts: int = 1,
         error: BaseException | None = None,
-        from_fallback: bool = False,
         **extra: Any,
     ) -> Record:
         """Write one call's record and return it."""
@@ -76,7 +85,6 @@ class CallLog:
             "attempts": attempts,
             "error": type(error).__name__ if error is not None else None,
             "error_message": str(error) if error is not None else None,
-            "from_fallback": from_fallback,
             **extra,
         }
         line = json.dumps(entry, ensure_ascii=False) + "\n"
@@ -91,7 +99,7 @@ def read_log(path: str | Path) -> list[Record]:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError as exc:
-        raise LabkitError(f"No call log at {path}: no call has been logged there yet.") from exc
+        raise InvalidInput(f"No call log at {path}: no call has been logged there yet.") from exc
     lines = text.split("\n")
     records: list[Record] = []
     for number, line in enumerate(lines, start=1):
@@ -102,7 +110,7 @@ def read_log(path: str | Path) -> list[Record]:
         except json.JSONDecodeError as exc:
             if number == len(lines):
                 break  # the last line without its newline: a write cut short by a crash
-            raise LabkitError(f"Line {number} of {path} is not a JSON record: {exc.msg}.") from exc
+            raise InvalidInput(f"Line {number} of {path} is not a JSON record: {exc.msg}.") from exc
     return records
 
 
@@ -132,7 +140,6 @@ def summarize(records: Iterable[Mapping[str, Any]]) -> Record:
         "errors": len(failed),
         "error_rate": len(failed) / calls if calls else 0.0,
         "error_types": _count(str(r["error"]) for r in failed),
-        "fallbacks": sum(1 for r in records if r.get("from_fallback")),
         "retries": sum(max(0, int(r.get("attempts", 1)) - 1) for r in records),
         "latency_p50": percentile(ok_latency, 50),
         "latency_p90": percentile(ok_latency, 90),

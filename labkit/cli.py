@@ -46,7 +46,7 @@ def cmd_which(args: argparse.Namespace) -> int:
 
 def cmd_lab(args: argparse.Namespace) -> int:
     """Start the runtime if needed, then JupyterLab on the course."""
-    rt = discovery.find_runtime()
+    rt = discovery.find_runtime(start=True)
     print(f"Runtime: {rt}")
     cmd = [sys.executable, "-m", "jupyter", "lab", f"--notebook-dir={PROJECT}"]
     cmd += ["--ServerApp.ip=127.0.0.1", f"--ServerApp.port={args.port}"]

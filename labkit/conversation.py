@@ -33,10 +33,30 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from labkit.errors import InvalidInput, LabkitError
+from labkit.errors import ContextOverflow, InvalidInput, LabkitError
 
 if TYPE_CHECKING:  # only for type hints: a Conversation works without a runtime
-    from labkit.clients import Client
+    from labkit.client import Client
+
+__all__ = [
+    "CHARS_PER_TOKEN",
+    "INPUT_SHARE",
+    "SUMMARY_PROMPT",
+    "SUMMARY_SYSTEM",
+    "TOKENS_PER_MESSAGE",
+    "ContextOverflow",
+    "Conversation",
+    "Message",
+    "Summariser",
+    "TokenCounter",
+    "Trimmed",
+    "budget",
+    "estimate_tokens",
+    "message_tokens",
+    "split_to_budget",
+    "summarise_with",
+    "transcript",
+]
 
 Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": "..."}
 
@@ -75,10 +95,6 @@ def budget(context_tokens: int, input_share: float = INPUT_SHARE) -> tuple[int, 
         raise InvalidInput(f"input_share must be between 0.1 and 0.95, not {input_share}.")
     input_tokens = int(context_tokens * input_share)
     return input_tokens, context_tokens - input_tokens
-
-
-class ContextOverflow(InvalidInput):
-    """Even the smallest useful prompt does not fit the context window."""
 
 
 # --- 2. summarising older turns --------------------------------------------------------------

@@ -28,7 +28,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, ParamSpec, overload
 
-from labkit.errors import LabkitError
+from labkit.errors import InvalidInput, LabkitError, ModelNotFound
+
+__all__ = [
+    "DEFAULT_FALLBACK",
+    "MISTAKES",
+    "Degraded",
+    "Fallback",
+    "KeyFunc",
+    "ReplyCache",
+    "Source",
+    "cache_key",
+    "call_key",
+    "with_fallback",
+]
 
 P = ParamSpec("P")
 Source = Literal["live", "cache", "fallback"]
@@ -70,7 +83,7 @@ class ReplyCache:
 
     def __init__(self, path: str | Path | None = None, *, max_entries: int = 10_000) -> None:
         if max_entries < 1:
-            raise LabkitError(f"max_entries must be 1 or more, not {max_entries}.")
+            raise InvalidInput(f"max_entries must be 1 or more, not {max_entries}.")
         self.path = Path(path) if path is not None else None
         self.max_entries = max_entries
         self._entries: OrderedDict[str, str] = OrderedDict()
@@ -120,6 +133,8 @@ class ReplyCache:
 
 
 KeyFunc = Callable[..., str]
+# Failures a fallback must not hide: the same call fails the same way until the code changes.
+MISTAKES: tuple[type[BaseException], ...] = (InvalidInput, ModelNotFound)
 Fallback = str | Callable[[BaseException], str]
 
 
@@ -184,7 +199,8 @@ def with_fallback(
 
     ``fallback`` is the text (or a function of the error giving the text) used when the cache
     has nothing; ``key`` computes the cache key from the call's arguments (default ``call_key``).
-    Errors outside ``errors`` (bugs) still raise.
+    Errors outside ``errors`` (bugs) still raise, and so do ``MISTAKES`` (a wrong model name,
+    bad input): they fail the same way every time and are for the caller to fix, not to hide.
     """
 
     def decorate(f: Callable[P, Any]) -> Callable[P, Degraded]:
@@ -195,13 +211,10 @@ def with_fallback(
                 k = key(*args, **kwargs) if key is not None else call_key(f, args, kwargs)
             try:
                 result = f(*args, **kwargs)
+            except MISTAKES:
+                raise
             except errors as exc:
                 return degrade(k, exc, fallback(exc) if callable(fallback) else fallback)
-            if getattr(result, "from_fallback", False) is True:
-                # A Client with its own fallback did not raise, but this is no live answer:
-                # prefer the cache, else keep the client's own fallback text.
-                why = LabkitError(str(getattr(result, "error", None) or "every attempt failed"))
-                return degrade(k, why, _text_of(result))
             text = _text_of(result)
             if k is not None and cache is not None:
                 cache.put(k, text)

@@ -2,19 +2,34 @@
 
 The search order: an explicit setting (``LABKIT_BASE_URL``, or ``OLLAMA_HOST`` as Ollama's
 own client reads it) → a running Ollama → LM Studio → a llama.cpp server → the kit's
-embedded runtime, started on demand.
+embedded runtime, started when asked (``find_runtime(start=True)``). Embeddings come from the
+same address unless ``LABKIT_EMBED_URL`` names a second one (llama.cpp serves embeddings from
+its own instance).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
 
-import requests
-
 from labkit import runtime
-from labkit.errors import RuntimeUnavailable
+from labkit.errors import InvalidInput, RuntimeUnavailable
+from labkit.health import identify
+
+__all__ = [
+    "KNOWN_RUNTIMES",
+    "PROBE_TIMEOUT",
+    "Runtime",
+    "embed_url_from_env",
+    "embeddings_help",
+    "find_runtime",
+    "ollama_host_url",
+    "probe",
+    "running_runtimes",
+    "use_ollama_dialect",
+]
 
 PROBE_TIMEOUT = 1.0  # seconds; a local server that is up answers in milliseconds
 
@@ -37,6 +52,9 @@ class Runtime:
     dialect: str  # "ollama" or "openai"
     reason: str
     models: tuple[str, ...] = field(default=())
+    # Where embeddings are asked for, and the models listed there (the same server by default).
+    embed_url: str = ""
+    embed_models: tuple[str, ...] | None = None
 
     @property
     def openai_url(self) -> str:
@@ -52,12 +70,33 @@ class Runtime:
     @property
     def embed_model(self) -> str:
         """The embedding model: ``$LABKIT_EMBED_MODEL_NAME`` or the first embedding model."""
-        embed = [m for m in self.models if _is_embedding(m)]
+        listed = self.models if self.embed_models is None else self.embed_models
+        embed = [m for m in listed if _is_embedding(m)]
+        if not embed and self.embed_models is not None:
+            embed = list(self.embed_models)  # a server started for embeddings serves nothing else
         return os.environ.get("LABKIT_EMBED_MODEL_NAME") or (embed[0] if embed else "")
+
+    @property
+    def embeddings_url(self) -> str:
+        """Where to ask for embeddings: ``$LABKIT_EMBED_URL``'s server, or this runtime."""
+        return self.embed_url or self.url
+
+    @property
+    def has_embeddings(self) -> bool:
+        """True if an embedding model is known (notebooks that need one check this first)."""
+        return bool(self.embed_model)
+
+    def embeddings_help(self) -> str:
+        """What to start so that this runtime has an embedding model, in plain words."""
+        return embeddings_help(self)
 
     def __str__(self) -> str:
         models = ", ".join(self.models) or "no models"
-        return f"{self.name} at {self.url} ({self.dialect} dialect; {models}) — {self.reason}"
+        text = f"{self.name} at {self.url} ({self.dialect} dialect; {models}) — {self.reason}"
+        if self.embed_url:
+            embed = ", ".join(self.embed_models or ()) or "no answer"
+            text += f"; embeddings from {self.embed_url} ({embed}), set by $LABKIT_EMBED_URL"
+        return text
 
 
 def _is_embedding(model: str) -> bool:
@@ -65,37 +104,85 @@ def _is_embedding(model: str) -> bool:
 
 
 def ollama_host_url(value: str) -> str:
-    """Turn an ``OLLAMA_HOST`` value (``host``, ``host:port``, ``http://host:port``) into a URL."""
-    if "://" not in value:
-        value = "http://" + value
-    parts = urlsplit(value)
+    """Turn an ``OLLAMA_HOST`` value into a URL, the way Ollama's own Python client does.
+
+    ``host`` and ``host:port`` mean http (port 11434 when none is given); a scheme without a
+    port means that scheme's port (http 80, https 443); IPv6 addresses keep their brackets.
+    """
+    text = value.strip()
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        scheme, rest, port = "http", text, 11434
+    else:
+        port = {"http": 80, "https": 443}.get(scheme.lower(), 11434)
+    try:
+        parts = urlsplit(f"{scheme}://{rest}")
+        port = parts.port or port
+    except ValueError as exc:
+        raise InvalidInput(
+            f"OLLAMA_HOST={value!r} cannot be read as host:port ({exc}). An IPv6 address needs "
+            "square brackets, as in a URL: OLLAMA_HOST=[::1]:11434 (or http://[::1]:11434)."
+        ) from exc
     host = parts.hostname or "127.0.0.1"
-    if host in ("0.0.0.0", "::"):  # a bind-all address; connect over loopback
+    if host == "0.0.0.0":  # a bind-all address (how a server is told to listen): use loopback
         host = "127.0.0.1"
-    port = parts.port or (443 if parts.scheme == "https" else 11434)
-    return f"{parts.scheme}://{host}:{port}{parts.path.rstrip('/')}"
+    elif host == "::":
+        host = "::1"
+    try:
+        if ipaddress.ip_address(host).version == 6:
+            host = f"[{host}]"  # urlsplit drops the brackets; a URL needs them back
+    except ValueError:
+        pass  # a name, not an address
+    path = parts.path.strip("/")
+    return f"{scheme}://{host}:{port}" + (f"/{path}" if path else "")
+
+
+def embed_url_from_env() -> str:
+    """``$LABKIT_EMBED_URL`` without a trailing slash or ``/v1``, or "" when it is not set."""
+    return os.environ.get("LABKIT_EMBED_URL", "").strip().rstrip("/").removesuffix("/v1")
+
+
+def embeddings_help(rt: Runtime) -> str:
+    """What to start so that ``rt`` has an embedding model: one instruction per runtime."""
+    if rt.embed_url:
+        return (
+            f"$LABKIT_EMBED_URL points at {rt.embed_url}, but no embedding model answers there. "
+            "Start llama.cpp's server for embeddings on that address: "
+            "llama-server -m all-minilm-l6-v2.f16.gguf --embeddings --pooling mean --port PORT "
+            "(the file is in this kit's models/ folder)."
+        )
+    if rt.dialect == "ollama":
+        return (
+            f"{rt.name} at {rt.url} has no embedding model. Pull one: `ollama pull all-minilm` "
+            "(or set $LABKIT_EMBED_MODEL_NAME to one you have), then run this cell again."
+        )
+    if rt.name == "LM Studio":
+        return (
+            f"LM Studio at {rt.url} has no embedding model loaded. In LM Studio, download and "
+            "load an embedding model (search 'all-MiniLM-L6-v2' or 'nomic-embed-text'), then "
+            "run this cell again."
+        )
+    return (
+        f"The server at {rt.url} offers no embedding model (a llama.cpp server serves one model, "
+        "and embeddings only when started for them). Start a second llama.cpp server for "
+        "embeddings: `llama-server -m models/all-minilm-l6-v2.f16.gguf --embeddings "
+        "--pooling mean --port 8081`, then `export LABKIT_EMBED_URL=http://127.0.0.1:8081` "
+        "before starting Jupyter (or in the notebook: os.environ['LABKIT_EMBED_URL'] = ...). "
+        "Or leave LABKIT_BASE_URL unset and let `labkit up` serve both models."
+    )
 
 
 def probe(url: str, timeout: float = PROBE_TIMEOUT) -> tuple[str, tuple[str, ...]] | None:
     """Ask ``url`` what it is: ``(dialect, models)``, or None if no model server answers."""
-    url = url.rstrip("/")
-    key = os.environ.get("LABKIT_API_KEY")
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    try:
-        root = requests.get(url + "/", timeout=timeout, headers=headers)
-        if root.ok and "Ollama is running" in root.text:
-            tags = requests.get(url + "/api/tags", timeout=timeout, headers=headers).json()
-            return "ollama", tuple(m["name"] for m in tags.get("models", []))
-        listed = requests.get(url + "/v1/models", timeout=timeout, headers=headers)
-        if listed.ok:
-            return "openai", tuple(m["id"] for m in listed.json().get("data", []))
-    except (requests.RequestException, ValueError, KeyError, TypeError):
-        return None
-    return None
+    return identify(url, timeout=timeout)
 
 
-def find_runtime(*, start: bool = True) -> Runtime:
-    """The runtime notebooks should use, following the search order in this module's doc."""
+def find_runtime(*, start: bool = False) -> Runtime:
+    """The runtime notebooks should use, following the search order in this module's doc.
+
+    With nothing running, ``start=True`` starts the kit's embedded runtime; otherwise this
+    raises RuntimeUnavailable (a server takes memory and CPU, so it starts only when asked).
+    """
     embedded = runtime.read_record()
     for variable in ("LABKIT_BASE_URL", "OLLAMA_HOST"):
         if value := os.environ.get(variable):
@@ -107,7 +194,9 @@ def find_runtime(*, start: bool = True) -> Runtime:
                     f"${variable} points at {url}, but no model server answers there. "
                     f"Start your runtime, or unset {variable} to let labkit find one."
                 )
-            return Runtime("custom", url, found[0], f"set by ${variable}", found[1])
+            return _with_embed_server(
+                Runtime("custom", url, found[0], f"set by ${variable}", found[1])
+            )
 
     for name, port, _ in KNOWN_RUNTIMES:
         url = f"http://127.0.0.1:{port}"
@@ -115,7 +204,9 @@ def find_runtime(*, start: bool = True) -> Runtime:
             continue
         if embedded and embedded.url == url:
             return _embedded(embedded, found, "the kit's embedded runtime is running")
-        return Runtime(name, url, found[0], f"found running on port {port}", found[1])
+        return _with_embed_server(
+            Runtime(name, url, found[0], f"found running on port {port}", found[1])
+        )
 
     if embedded and (found := probe(embedded.url)):
         return _embedded(embedded, found, "the kit's embedded runtime is running")
@@ -129,10 +220,22 @@ def find_runtime(*, start: bool = True) -> Runtime:
     return _embedded(record, found, "no other runtime was running, so labkit started its own")
 
 
+def _with_embed_server(rt: Runtime) -> Runtime:
+    """``rt`` with ``$LABKIT_EMBED_URL``'s server for embeddings, when that is set."""
+    if not (url := embed_url_from_env()) or url == rt.url:
+        return rt
+    found = probe(url)
+    # A dead embedding address is not fatal here: chat still works, and notebooks that
+    # need embeddings check has_embeddings and print embeddings_help().
+    return replace(rt, embed_url=url, embed_models=found[1] if found else ())
+
+
 def _embedded(
     record: runtime.RuntimeRecord, found: tuple[str, tuple[str, ...]], why: str
 ) -> Runtime:
-    return Runtime("embedded (llama.cpp + Ollama API)", record.url, found[0], why, found[1])
+    return _with_embed_server(
+        Runtime("embedded (llama.cpp + Ollama API)", record.url, found[0], why, found[1])
+    )
 
 
 def running_runtimes() -> list[Runtime]:
@@ -148,3 +251,32 @@ def running_runtimes() -> list[Runtime]:
     if embedded and (answer := probe(embedded.url)):
         found.append(_embedded(embedded, answer, f"started by labkit, pid {embedded.pid}"))
     return found
+
+
+def use_ollama_dialect(*, say: bool = True) -> Runtime:
+    """A runtime that speaks Ollama's dialect, for work written against ``/api/*``.
+
+    The runtime found as usual if it speaks it; else another one running here that does; else
+    the kit's runtime, started for it. When the choice differs from the usual one,
+    ``$LABKIT_BASE_URL`` is set in this process so that every later ``find_runtime()`` agrees.
+    """
+    usual = find_runtime(start=True)
+    if usual.dialect == "ollama":
+        return usual
+    others = [rt for rt in running_runtimes() if rt.dialect == "ollama"]
+    url = others[0].url if others else runtime.up(say=False).url
+    for name in ("LABKIT_CHAT_MODEL", "LABKIT_EMBED_MODEL_NAME", "LABKIT_EMBED_URL"):
+        os.environ.pop(name, None)  # they name models of the other runtime
+    os.environ["LABKIT_BASE_URL"] = url
+    chosen = replace(find_runtime(), reason=f"{usual.url} speaks only OpenAI's dialect")
+    if say:
+        print(
+            f"Your runtime at {usual.url} speaks only OpenAI's dialect (/v1/*), and this "
+            f"notebook uses Ollama's (/api/*). It uses the Ollama-dialect runtime at {chosen.url} "
+            + (
+                "instead."
+                if others
+                else "instead, which labkit started for it (stop it with `labkit down`)."
+            )
+        )
+    return chosen

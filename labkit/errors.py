@@ -1,10 +1,40 @@
 """One exception tree for everything labkit raises.
 
 Catch ``LabkitError`` to handle any of them; catch a subclass to handle one case.
-Every message says what went wrong *and* what to do next.
+Every message says what went wrong *and* what to do next::
+
+    LabkitError
+    ├── InvalidInput              (also a ValueError) an argument cannot be used as given
+    │   └── ContextOverflow       the prompt cannot fit the model's context window
+    ├── InvalidModelOutput        the model answered, but not in the shape asked for
+    ├── LabkitTimeout             no answer in time (connect, read or the call's deadline)
+    ├── NotImplementedYet         an exercise that is still to be written
+    ├── RuntimeStartError         the embedded runtime could not be started
+    ├── RuntimeUnavailable        no model server answers at the address
+    └── ServerError               the runtime answered with an error (``.status``, ``.detail``)
+        ├── BrokenStream          a stream stopped part-way or sent damaged lines
+        ├── ModelNotFound         the runtime does not have that model
+        ├── ResponseTooLarge      the answer is bigger than the client accepts
+        └── ServerBusy            HTTP 429/503; ``.retry_after`` is the runtime's own hint
 """
 
 from __future__ import annotations
+
+__all__ = [
+    "BrokenStream",
+    "ContextOverflow",
+    "InvalidInput",
+    "InvalidModelOutput",
+    "LabkitError",
+    "LabkitTimeout",
+    "ModelNotFound",
+    "NotImplementedYet",
+    "ResponseTooLarge",
+    "RuntimeStartError",
+    "RuntimeUnavailable",
+    "ServerBusy",
+    "ServerError",
+]
 
 
 class LabkitError(Exception):
@@ -23,8 +53,12 @@ class InvalidInput(LabkitError, ValueError):
     """An argument cannot be used as given (empty text, a malformed schema, ...)."""
 
 
+class ContextOverflow(InvalidInput):
+    """Even the smallest useful prompt does not fit the context window."""
+
+
 class LabkitTimeout(LabkitError):
-    """The runtime did not answer within the timeout."""
+    """The runtime did not answer within the timeout, or the call ran past its deadline."""
 
 
 class ServerError(LabkitError):
@@ -48,6 +82,14 @@ class ServerBusy(ServerError):
 
 class ModelNotFound(ServerError):
     """The runtime does not have the requested model."""
+
+
+class BrokenStream(ServerError):
+    """A stream stopped part-way (connection dropped, cut short) or sent a damaged line."""
+
+
+class ResponseTooLarge(ServerError):
+    """The runtime's answer is larger than the client's ``max_response_bytes``."""
 
 
 class InvalidModelOutput(LabkitError):

@@ -28,7 +28,20 @@ from typing import Any, Literal
 
 import requests
 
-from labkit.errors import LabkitError
+from labkit.errors import InvalidInput
+from labkit.models import match_model
+from labkit.transport import auth_headers
+
+__all__ = [
+    "COLOURS",
+    "DIALECTS",
+    "Check",
+    "HealthMonitor",
+    "HealthReport",
+    "check_health",
+    "identify",
+    "status_html",
+]
 
 Status = Literal["up", "degraded", "down"]
 # The name people use -> the family of checks to run.
@@ -95,10 +108,13 @@ def check_health(
     timeout: float = 2.0,
     api_key: str | None = None,
 ) -> HealthReport:
-    """Probe the runtime at ``url`` the way its ``dialect`` expects; never raises for a bad runtime."""
+    """Probe the runtime at ``url`` the way its ``dialect`` expects; never raises for a bad runtime.
+
+    ``api_key`` defaults to ``$LABKIT_API_KEY``, as for ``Client``.
+    """
     kind = DIALECTS.get(dialect.lower())
     if kind is None:
-        raise LabkitError(
+        raise InvalidInput(
             f"Unknown dialect {dialect!r} for a health check. Use one of: {', '.join(DIALECTS)}."
         )
     base = url.rstrip("/").removesuffix("/v1")  # accept an OpenAI base URL too
@@ -117,7 +133,7 @@ class _Prober:
 
     def __init__(self, base: str, timeout: float, api_key: str | None) -> None:
         self.base, self.timeout = base, timeout
-        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.headers = auth_headers(api_key)
 
     def get(self, path: str) -> tuple[requests.Response | None, float, str]:
         """(response or None, seconds, what went wrong if there was no response)."""
@@ -144,43 +160,60 @@ def _http_problem(response: requests.Response) -> str:
     return f"HTTP {response.status_code}{hint.get(response.status_code, '')}: {response.text[:120]}"
 
 
-def _listing(probe: _Prober, path: str, key: str, field_name: str, model: str | None) -> Check:
-    """Check a model listing (``/api/tags`` or ``/v1/models``), and that ``model`` is in it."""
+def _names(probe: _Prober, path: str, key: str, field_name: str) -> tuple[list[str] | None, Check]:
+    """The model names from a listing (``/api/tags`` or ``/v1/models``), and the check's result."""
     name = f"GET {path}"
     response, took, problem = probe.get(path)
     if response is None:
-        return Check(name, False, took, problem)
+        return None, Check(name, False, took, problem)
     if not response.ok:
-        return Check(name, False, took, _http_problem(response))
+        return None, Check(name, False, took, _http_problem(response))
     try:
         names = [str(m[field_name]) for m in response.json()[key]]
     except (ValueError, KeyError, TypeError):
-        return Check(name, False, took, f"not a model listing: {response.text[:120]}")
-    if model is None:
-        return Check(name, True, took, f"{len(names)} model(s): {', '.join(names) or 'none'}")
-    if has_model(names, model):
-        return Check(name, True, took, f"has {model}")
+        return None, Check(name, False, took, f"not a model listing: {response.text[:120]}")
+    return names, Check(name, True, took, f"{len(names)} model(s): {', '.join(names) or 'none'}")
+
+
+def _listing(probe: _Prober, path: str, key: str, field_name: str, model: str | None) -> Check:
+    """Check a model listing, and that ``model`` is in it (by ``labkit.models.match_model``)."""
+    names, check = _names(probe, path, key, field_name)
+    if names is None or model is None:
+        return check
+    if match_model(model, names) is not None:
+        return Check(check.name, True, check.latency, f"has {model}")
     listed = ", ".join(names) or "none"
-    return Check(name, False, took, f"model {model!r} is not available (listed: {listed})")
+    return Check(
+        check.name, False, check.latency, f"model {model!r} is not available (listed: {listed})"
+    )
 
 
-def has_model(names: list[str], model: str) -> bool:
-    """True if ``model`` is among ``names`` (a bare name matches any of its tags, as in Ollama)."""
-    if model in names or f"{model}:latest" in names:
-        return True
-    return ":" not in model and any(n.split(":")[0] == model for n in names)
+def _alive(probe: _Prober) -> Check:
+    """The liveness probe: Ollama (and the kit's runtime) answer ``GET /`` with "Ollama is running"."""
+    response, took, problem = probe.get("/")
+    if response is None:
+        return Check("GET /", False, took, problem)
+    if response.ok and "Ollama is running" in response.text:
+        return Check("GET /", True, took, "Ollama is running")
+    if response.ok:
+        return Check("GET /", False, took, f"not Ollama's answer: {response.text[:80]!r}")
+    return Check("GET /", False, took, _http_problem(response))
+
+
+def identify(
+    url: str, *, timeout: float = 1.0, api_key: str | None = None
+) -> tuple[str, tuple[str, ...]] | None:
+    """Ask ``url`` what it is: ``(dialect, model names)``, or None if no model server answers."""
+    probe = _Prober(url.rstrip("/").removesuffix("/v1"), timeout, api_key)
+    if _alive(probe).ok:
+        names, _ = _names(probe, "/api/tags", "models", "name")
+        return ("ollama", tuple(names)) if names is not None else None
+    names, _ = _names(probe, "/v1/models", "data", "id")
+    return ("openai", tuple(names)) if names is not None else None
 
 
 def _check_ollama(probe: _Prober, model: str | None) -> tuple[list[Check], Status]:
-    response, took, problem = probe.get("/")
-    if response is None:
-        root = Check("GET /", False, took, problem)
-    elif response.ok and "Ollama is running" in response.text:
-        root = Check("GET /", True, took, "Ollama is running")
-    elif response.ok:
-        root = Check("GET /", False, took, f"not Ollama's answer: {response.text[:80]!r}")
-    else:
-        root = Check("GET /", False, took, _http_problem(response))
+    root = _alive(probe)
     if not root.ok:
         return [root], "down"
     tags = _listing(probe, "/api/tags", "models", "name", model)
@@ -234,7 +267,7 @@ class HealthMonitor:
             found = find_runtime(start=False)
             url, dialect, model = found.url, dialect or found.dialect, model or found.chat_model
         if interval <= 0:
-            raise LabkitError(f"The check interval must be positive, not {interval}.")
+            raise InvalidInput(f"The check interval must be positive, not {interval}.")
         self.url, self.dialect, self.model = url, dialect or "ollama", model
         self.interval, self.timeout, self.api_key = interval, timeout, api_key
         self.on_change = on_change  # called (in the monitor's thread) when the status changes

@@ -21,13 +21,13 @@ from matplotlib.ticker import MaxNLocator
 
 from labkit.bench import (
     METRICS,
-    BenchmarkError,
     Trace,
     Traces,
     batch_throughput,
     summarize,
     values,
 )
+from labkit.errors import InvalidInput
 
 _UNITS = {"first_token": "ms", "total": "ms", "tokens_per_second": "tokens/s"}
 
@@ -51,7 +51,7 @@ def _axis_label(metric: str) -> str:
 
 def _check(data: Traces) -> None:
     if not any(data.values()):
-        raise BenchmarkError("No measured calls to plot: run bench.compare or bench.run first.")
+        raise InvalidInput("No measured calls to plot: run bench.compare or bench.run first.")
 
 
 def timeline(traces: Mapping[str, Trace] | Sequence[Trace], ax: Axes | None = None) -> Axes:
@@ -61,7 +61,7 @@ def timeline(traces: Mapping[str, Trace] | Sequence[Trace], ax: Axes | None = No
     else:  # a list may hold several calls of one configuration: number them
         named = {f"{t.label or 'call'} {i + 1}": t for i, t in enumerate(traces)}
     if not named:
-        raise BenchmarkError("No calls to draw: pass at least one trace.")
+        raise InvalidInput("No calls to draw: pass at least one trace.")
     ax = _new_axes(ax)
     for label, trace in named.items():
         times = [0.0] + [t * 1000 for t, _ in trace.pieces] + [trace.total * 1000]

@@ -24,8 +24,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from labkit.errors import LabkitTimeout, RuntimeUnavailable, ServerError
-from labkit.errors import ServerBusy as ServerBusy  # re-exported: callers import it from here
+from labkit.errors import InvalidInput, LabkitTimeout, RuntimeUnavailable, ServerBusy, ServerError
+
+__all__ = [
+    "NO_RETRY",
+    "RETRY_STATUSES",
+    "RetryPolicy",
+    "any_of",
+    "exponential",
+    "fixed",
+    "is_transient",
+    "jitter",
+    "on_status",
+    "retry_after",
+]
 
 T = TypeVar("T")
 Wait = Callable[[int], float]  # attempt number that just failed (1, 2, ...) -> seconds to wait
@@ -106,7 +118,7 @@ class RetryPolicy:
 
     def __post_init__(self) -> None:
         if self.attempts < 1:
-            raise ValueError(f"attempts must be at least 1, not {self.attempts}")
+            raise InvalidInput(f"attempts must be at least 1, not {self.attempts}.")
 
     def delay(self, attempt: int, exc: BaseException) -> float | None:
         """Seconds to wait after failed ``attempt``, or None to give up now."""
@@ -118,15 +130,26 @@ class RetryPolicy:
             return hint if hint <= self.max_retry_after else None
         return max(0.0, self.wait(attempt))
 
-    def call(self, fn: Callable[[], T], *, on_retry: OnRetry | None = None) -> T:
-        """Run ``fn`` until it succeeds or the policy gives up (then its last error is raised)."""
+    def call(
+        self,
+        fn: Callable[[], T],
+        *,
+        on_retry: OnRetry | None = None,
+        remaining: Callable[[], float | None] | None = None,
+    ) -> T:
+        """Run ``fn`` until it succeeds or the policy gives up (then its last error is raised).
+
+        ``remaining`` gives the seconds left before the caller's deadline (None: no deadline);
+        a pause that would end past it is not taken: the last error is raised at once.
+        """
         attempt = 1
         while True:
             try:
                 return fn()
             except Exception as exc:
                 pause = self.delay(attempt, exc)
-                if pause is None:
+                left = remaining() if remaining is not None else None
+                if pause is None or (left is not None and pause >= left):
                     raise
                 if on_retry is not None:
                     on_retry(attempt, exc, pause)

@@ -15,8 +15,15 @@ import re
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from labkit.errors import InvalidInput as InvalidInput  # re-exported: callers import it from here
-from labkit.errors import InvalidModelOutput
+from labkit.errors import InvalidInput, InvalidModelOutput
+
+__all__ = [
+    "HasText",
+    "Schema",
+    "check_schema",
+    "parse_json",
+    "validate",
+]
 
 Schema = Mapping[str, Any]
 

@@ -54,7 +54,16 @@ class Lines:
     raw: bool = False  # True: send each item as it is (no newline added)
 
 
-Action = Answer | Hang | Reset | Lines
+@dataclass
+class Flood:
+    """A chunked body that never ends: ``piece`` again and again, every ``delay`` seconds."""
+
+    piece: bytes = b"x" * 65536
+    delay: float = 0.0
+    content_type: str = "application/json"
+
+
+Action = Answer | Hang | Reset | Lines | Flood
 
 
 @dataclass
@@ -64,6 +73,7 @@ class Seen:
     method: str
     path: str
     body: Any
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 class FakeServer:
@@ -127,7 +137,7 @@ class _Handler(BaseHTTPRequestHandler):
             body = json.loads(raw) if raw else None
         except ValueError:
             body = raw
-        action = self.fake.next_action(Seen(self.command, self.path, body))
+        action = self.fake.next_action(Seen(self.command, self.path, body, dict(self.headers)))
         self.close_connection = True
         if isinstance(action, Reset):
             self._reset()
@@ -135,6 +145,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.fake.stop.wait(action.seconds)
         elif isinstance(action, Answer):
             self._answer(action)
+        elif isinstance(action, Flood):
+            self._flood(action)
         else:
             self._stream(action)
 
@@ -176,6 +188,18 @@ class _Handler(BaseHTTPRequestHandler):
             self._reset()
         elif action.end == "hang":
             self.fake.stop.wait(30)
+
+    def _flood(self, action: Flood) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", action.content_type)
+        self.send_header("Transfer-Encoding", "chunked")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        chunk = b"%x\r\n%s\r\n" % (len(action.piece), action.piece)
+        with contextlib.suppress(OSError):  # the client hung up: that is the point
+            while not self.fake.stop.wait(action.delay):
+                self.wfile.write(chunk)
+                self.wfile.flush()
 
     def _reset(self) -> None:
         # SO_LINGER with a zero timeout makes close() send RST instead of a polite FIN.
@@ -257,3 +281,18 @@ class Sleeps(list[float]):
 
     def __call__(self, seconds: float) -> None:
         self.append(seconds)
+
+
+class FakeClock:
+    """A clock that only moves when ``sleep`` is called: deadlines tested without waiting."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds

@@ -20,11 +20,12 @@ from typing import Any
 
 import ipywidgets as w
 
-from labkit.clients import Client, Reply, Timeout
+from labkit.client import Client
 from labkit.conversation import Conversation, Message, Summariser, summarise_with
 from labkit.course.display import Displayed, notice, text_html
 from labkit.course.picker import UNAVAILABLE, ModelPicker
 from labkit.errors import InvalidInput, LabkitError, RuntimeUnavailable
+from labkit.reply import Reply, Timeout
 
 __all__ = ["MODULES", "Assistant", "Module", "assistant", "guide", "load_module"]
 

@@ -9,9 +9,10 @@ from typing import Any
 import ipywidgets as w
 
 from labkit import discovery
-from labkit.clients import Client, Timeout
+from labkit.client import Client
 from labkit.course.display import Displayed, notice
 from labkit.errors import LabkitError, RuntimeUnavailable
+from labkit.reply import Timeout
 
 __all__ = [
     "UNAVAILABLE",

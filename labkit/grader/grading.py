@@ -715,7 +715,7 @@ def _kernel_env(settings: Settings, scratch: Path, user: str) -> dict[str, str]:
         "OPENBLAS_NUM_THREADS": "1",
         "MKL_NUM_THREADS": "1",
     }
-    for name in ("LABKIT_CHAT_MODEL", "LABKIT_EMBED_MODEL_NAME"):
+    for name in ("LABKIT_CHAT_MODEL", "LABKIT_EMBED_MODEL_NAME", "LABKIT_EMBED_URL"):
         if value := os.environ.get(name):
             env[name] = value
     return env
@@ -1616,7 +1616,7 @@ def cli(args: Any) -> int:
         key_path = find_key(root, args.exercise)
         exercise = assign.load_key(key_path)
     out = Path(args.out) if args.out else submissions.with_name(submissions.name + "-grades")
-    url = args.runtime or discovery.find_runtime().url
+    url = args.runtime or discovery.find_runtime(start=True).url
     report = grade(
         submissions,
         exercise,

@@ -37,8 +37,7 @@ import numpy as np
 import requests
 from tqdm.auto import tqdm
 
-from labkit.errors import LabkitError, ModelNotFound
-from labkit.structured import InvalidInput
+from labkit.errors import InvalidInput, LabkitError, ModelNotFound
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +104,7 @@ class EmbeddingMismatch(RagError):
 
 
 class Embedder(Protocol):
-    """Anything that turns texts into vectors: ``labkit.clients.Client`` is one."""
+    """Anything that turns texts into vectors: ``labkit.Client`` is one."""
 
     def embed(
         self, texts: list[str], *, model: str | None = None, batch_size: int = 32
@@ -878,7 +877,7 @@ class _Reply(Protocol):
 
 
 class Chatter(Embedder, Protocol):
-    """A client that can embed and chat: ``labkit.clients.Client`` is one."""
+    """A client that can embed and chat: ``labkit.Client`` is one."""
 
     def chat(
         self,

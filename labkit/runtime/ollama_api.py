@@ -35,6 +35,7 @@ from typing import Any, TypeVar
 import aiohttp
 from aiohttp import web
 
+from labkit.models import match_model
 from labkit.runtime import tools
 
 VERSION = "0.12.0"  # the Ollama API version whose shapes this module follows
@@ -217,16 +218,10 @@ def all_models(backend: Backend) -> tuple[Model, Model]:
 def find_model(backend: Backend, requested: str) -> Model | None:
     """The model a client means by ``requested``, matched the way Ollama matches names.
 
-    Names are case-insensitive and may carry Ollama's default registry prefix. A bare family
-    name ("smollm2") also finds the bundled tag: real Ollama would read it as
-    "smollm2:latest", a different model that this runtime does not have.
+    The rule is ``labkit.models.match_model``'s, shared with the client and health checks.
     """
-    wanted = requested.strip().lower()
-    wanted = wanted.removeprefix("registry.ollama.ai/").removeprefix("library/")
-    for model in all_models(backend):
-        if wanted in (model.name, model.name.split(":")[0]):
-            return model
-    return None
+    name = match_model(requested, [model.name for model in all_models(backend)])
+    return next((model for model in all_models(backend) if model.name == name), None)
 
 
 def model_for(backend: Backend, body: dict[str, Any]) -> tuple[Model, str]:

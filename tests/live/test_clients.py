@@ -13,12 +13,17 @@ import numpy as np
 import openai
 import pytest
 
-from labkit import discovery
+from labkit import Client, Health, Reply, Stream, Timeout, discovery
 from labkit.calllog import CallLog, read_log, summarize
-from labkit.clients import Client, Health, Reply, Stream, Timeout
-from labkit.errors import InvalidModelOutput, LabkitError, LabkitTimeout, ModelNotFound
+from labkit.errors import (
+    InvalidInput,
+    InvalidModelOutput,
+    LabkitError,
+    LabkitTimeout,
+    ModelNotFound,
+)
 from labkit.retry import NO_RETRY
-from labkit.structured import InvalidInput, validate
+from labkit.structured import validate
 
 DIALECTS = ["ollama", "openai"]
 SHORT = {"temperature": 0.0, "seed": 7, "max_tokens": 16}
@@ -41,7 +46,7 @@ def check_reply(reply: Reply, client: Client) -> None:
     """The fields every real reply has."""
     assert isinstance(reply.text, str) and reply.text.strip()
     assert reply.dialect == client.dialect.name and reply.model == client.model
-    assert reply.latency > 0 and not reply.from_fallback and reply.attempts == 1
+    assert reply.latency > 0 and reply.attempts == 1
     assert isinstance(reply.prompt_tokens, int) and reply.prompt_tokens > 0
     assert isinstance(reply.completion_tokens, int) and 0 < reply.completion_tokens <= 16
     assert reply.finish_reason in ("stop", "length")
@@ -115,8 +120,10 @@ def test_models(client: Client, rt: discovery.Runtime) -> None:
 
 
 def test_health(client: Client, rt: discovery.Runtime) -> None:
-    assert client.health() == Health(True, None, client.health().detail)
+    health = client.health()
+    assert health == Health(True, None, health.detail) and health.detail.startswith("up")
     assert client.health(rt.chat_model).model_available is True
+    assert client.health(rt.chat_model.split(":")[0]).model_available is True  # a bare name
     missing = client.health("no-such-model:1b")
     assert missing.up and missing.model_available is False and not missing
     assert rt.chat_model in missing.detail  # says what it has instead
@@ -296,33 +303,3 @@ def test_client_guesses_the_dialect_and_model(rt: discovery.Runtime) -> None:
     openai_style = Client(rt.url + "/v1/")  # the URL an OpenAI client would be given
     assert openai_style.url == rt.url and openai_style.dialect.name == "openai"
     assert openai_style.embed(["hi"]).shape[0] == 1  # its embedding model
-
-
-def test_presets_and_bad_arguments() -> None:
-    assert Client.preset("ollama").url == "http://127.0.0.1:11434"
-    assert Client.preset("lmstudio").dialect.name == "openai"
-    assert Client.preset("llamacpp").url.endswith(":8080")
-    with pytest.raises(InvalidInput, match="ollama, lmstudio, llamacpp"):
-        Client.preset("vllm")
-    with pytest.raises(InvalidInput, match="dialect"):
-        Client("http://127.0.0.1:1", dialect="anthropic")
-    c = Client("http://127.0.0.1:1", dialect="ollama", model="m")
-    with pytest.raises(InvalidInput, match="empty"):
-        c.chat("   ")
-    with pytest.raises(InvalidInput, match="role"):
-        c.chat([{"content": "no role"}])
-    with pytest.raises(InvalidInput, match="format"):
-        c.chat("hi", format="yaml")
-    with pytest.raises(InvalidInput, match="schema itself is invalid"):
-        c.chat("hi", format={"type": "no-such-type"})
-
-
-def test_validate_text() -> None:
-    assert validate('```json\n{"a": 1}\n```') == {"a": 1}  # the fence small models like
-    with pytest.raises(InvalidModelOutput, match="cut off") as err:
-        validate('{"name": "Ada", "age": 3')
-    assert err.value.raw == '{"name": "Ada", "age": 3'
-    with pytest.raises(InvalidModelOutput, match="not valid JSON"):
-        validate("Sure! Here is your JSON:")
-    with pytest.raises(InvalidModelOutput, match=r"\$\.age.*integer"):
-        validate('{"name": "Ada", "age": "three"}', PERSON)

@@ -14,8 +14,7 @@ import pytest
 import requests
 from fake_server import refused_url
 
-from labkit import discovery, runtime
-from labkit.clients import Client
+from labkit import Client, discovery, runtime
 from labkit.conversation import (
     TOKENS_PER_MESSAGE,
     ContextOverflow,
@@ -27,9 +26,8 @@ from labkit.conversation import (
     split_to_budget,
     summarise_with,
 )
-from labkit.errors import LabkitError, RuntimeUnavailable
+from labkit.errors import InvalidInput, LabkitError, RuntimeUnavailable
 from labkit.retry import RetryPolicy
-from labkit.structured import InvalidInput
 
 HANDBOOK = Path(__file__).resolve().parents[2] / "data" / "hr-handbook"
 LIVE = {"temperature": 0.0, "seed": 7}

@@ -20,8 +20,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from labkit import runtime
-from labkit.clients import Client
+from labkit import Client, runtime
 from labkit.errors import ServerError
 from labkit.faults import Fault, FaultProxy
 from labkit.health import check_health

@@ -446,15 +446,17 @@ def test_cli_runs_until_interrupted(embedded: runtime.RuntimeRecord) -> None:
 
 from fake_server import Sleeps  # noqa: E402
 
-from labkit.clients import Client, Timeout  # noqa: E402
+from labkit import Client, Timeout  # noqa: E402
+from labkit.degrade import with_fallback  # noqa: E402
 from labkit.errors import (  # noqa: E402
     InvalidModelOutput,
     LabkitTimeout,
     ModelNotFound,
     RuntimeUnavailable,
+    ServerBusy,
     ServerError,
 )
-from labkit.retry import RetryPolicy, ServerBusy  # noqa: E402
+from labkit.retry import RetryPolicy  # noqa: E402
 
 
 @pytest.fixture
@@ -486,7 +488,7 @@ def test_client_retries_503_then_succeeds(proxy: FaultProxy, dialect: str, sleep
     proxy.add(Fault.status(503), path=PATHS[dialect], times=2)
     with client_for(proxy, dialect, sleeps) as client:
         reply = ask(client)
-    assert reply.text and reply.attempts == 3 and not reply.from_fallback
+    assert reply.text and reply.attempts == 3
     sent = chat_requests(proxy, dialect)
     assert [r.status for r in sent] == [503, 503, 200]
     assert sent[0].body == sent[2].body  # every attempt sends the same request
@@ -573,20 +575,11 @@ def test_client_reports_a_missing_model(proxy: FaultProxy, dialect: str, sleeps:
 @pytest.mark.parametrize("dialect", DIALECTS)
 def test_client_fallback_after_the_retries(proxy: FaultProxy, dialect: str, sleeps: Sleeps) -> None:
     proxy.add(Fault.status(503), path=PATHS[dialect])
-    client = Client(
-        proxy.url,
-        dialect=dialect,
-        model=MODEL,
-        retry=RetryPolicy(sleep=sleeps),
-        fallback="The assistant is resting.",
-    )
+    client = Client(proxy.url, dialect=dialect, model=MODEL, retry=RetryPolicy(sleep=sleeps))
     with client:
-        reply = ask(client)
-    assert (reply.text, reply.from_fallback, reply.attempts) == (
-        "The assistant is resting.",
-        True,
-        3,
-    )
+        answer = with_fallback(ask, fallback="The assistant is resting.")(client)
+    assert (answer.text, answer.source) == ("The assistant is resting.", "fallback")
+    assert isinstance(answer.error, ServerBusy) and "after 3 attempts" in str(answer.error)
 
 
 def stream_through(client: Client) -> tuple[Any, BaseException | None]:

@@ -15,8 +15,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import StepPatch
 
-from labkit import bench, plots, runtime
-from labkit.clients import Client
+from labkit import Client, bench, plots, runtime
 
 PROMPT = "Name three colours."
 SETTINGS = {"temperature": 0.0, "seed": 42, "max_tokens": 16}
@@ -136,10 +135,3 @@ def test_throughput_vs_concurrency(results: bench.Comparison) -> None:
     assert [round(x) for x in lines[0].get_xdata()] == [1, 2]
     assert all(y > 0 for line in lines for y in line.get_ydata())
     assert_renders_with_data(ax)
-
-
-def test_nothing_to_plot_is_explained() -> None:
-    with pytest.raises(bench.BenchmarkError, match="No measured calls"):
-        plots.percentile_bars({"empty": []})
-    with pytest.raises(bench.BenchmarkError, match="at least one trace"):
-        plots.timeline([])

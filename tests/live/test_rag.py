@@ -20,9 +20,8 @@ import faiss
 import numpy as np
 import pytest
 
-from labkit import rag
-from labkit.clients import Client
-from labkit.errors import LabkitError, ServerError
+from labkit import Client, rag
+from labkit.errors import InvalidInput, LabkitError, ServerError
 from labkit.rag import (
     NOT_FOUND,
     Chunk,
@@ -40,7 +39,6 @@ from labkit.rag import (
     load_documents,
     read_document,
 )
-from labkit.structured import InvalidInput
 
 LEAVE = """# Annual Leave
 

@@ -14,8 +14,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
-from labkit import rag
-from labkit.clients import Client
+from labkit import Client, rag
 from labkit.rag import Chunk, EmbeddingCache, Hit, Index, RagError
 from labkit.rag.evaluation import (
     Question,

@@ -160,16 +160,3 @@ def test_explicit_setting_to_a_dead_address_says_what_to_do(
     monkeypatch.delenv("LABKIT_BASE_URL", raising=False)
     with pytest.raises(RuntimeUnavailable, match="OLLAMA_HOST"):
         discovery.find_runtime(start=False)
-
-
-@pytest.mark.parametrize(
-    ("value", "url"),
-    [
-        ("127.0.0.1", "http://127.0.0.1:11434"),
-        ("0.0.0.0:8000", "http://127.0.0.1:8000"),
-        ("https://models.example:443", "https://models.example:443"),
-        ("localhost:1234/", "http://localhost:1234"),
-    ],
-)
-def test_ollama_host_is_read_like_ollamas_client(value: str, url: str) -> None:
-    assert discovery.ollama_host_url(value) == url

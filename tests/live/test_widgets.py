@@ -16,8 +16,7 @@ from typing import Any
 import pytest
 from fake_server import Answer, FakeServer, Lines, ollama_lines, refused_url
 
-from labkit import discovery
-from labkit.clients import Client
+from labkit import Client, discovery
 from labkit.conversation import Message, message_tokens
 from labkit.course.coach import MODULES, Assistant, assistant
 from labkit.course.picker import model_picker
@@ -162,7 +161,8 @@ def test_enter_sends_and_clears_the_box(client: Client) -> None:
 def test_a_reply_that_never_ends_is_cut_at_the_timeout() -> None:
     endless = Lines(ollama_lines(["word "] * 400, done=False), end="hang", delay=0.02)
     listing = Answer(200, {"models": [{"name": "m"}]})
-    with FakeServer(Answer(200, "Ollama is running"), listing, endless) as fake:
+    # The health check reads / and /api/tags, the picker the model list, then the chat.
+    with FakeServer(Answer(200, "Ollama is running"), listing, listing, endless) as fake:
         slow = Client(fake.url, dialect="ollama", model="m", retry=RetryPolicy(attempts=1))
         coach = Assistant(1, slow, timeout=0.6)
         start = time.monotonic()

@@ -40,7 +40,7 @@ def test_a_record_has_every_field(tmp_path: Path) -> None:
         4,
     )
     assert record["validation"] == "ok" and record["attempts"] == 2
-    assert record["error"] is None and record["from_fallback"] is False
+    assert record["error"] is None and record["error_message"] is None
     assert record["timestamp"][:2] == "20"
 
 
@@ -120,13 +120,12 @@ def test_summarize(tmp_path: Path) -> None:
         latency=99.0,
         attempts=3,
         error=LabkitTimeout("t"),
-        from_fallback=True,
     )
     summary = summarize(read_log(log.path))
     assert summary["calls"] == 13 and summary["errors"] == 1
     assert summary["error_rate"] == pytest.approx(1 / 13)
     assert summary["error_types"] == {"LabkitTimeout": 1}
-    assert summary["fallbacks"] == 1 and summary["retries"] == 2
+    assert summary["retries"] == 2
     assert summary["validated"] == 2 and summary["validation_failures"] == 1
     latencies = [float(i) for i in range(1, 11)] + [0.1, 0.1]  # failed calls are left out
     assert summary["latency_p50"] == pytest.approx(percentile(latencies, 50))

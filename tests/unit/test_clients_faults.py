@@ -6,6 +6,7 @@ injected ``sleep`` that records the delays instead of waiting.
 
 from __future__ import annotations
 
+import gzip
 import json
 import time
 from pathlib import Path
@@ -13,19 +14,31 @@ from pathlib import Path
 import pytest
 from fake_server import (
     Answer,
+    FakeClock,
     FakeServer,
+    Flood,
     Hang,
     Lines,
     Reset,
     Sleeps,
+    openai_lines,
     refused_url,
     stream_lines,
 )
 
+from labkit import Client, Timeout
 from labkit.calllog import CallLog, read_log
-from labkit.clients import Client, Timeout
-from labkit.errors import LabkitTimeout, ModelNotFound, RuntimeUnavailable, ServerError
-from labkit.retry import RetryPolicy, ServerBusy, exponential
+from labkit.degrade import with_fallback
+from labkit.errors import (
+    BrokenStream,
+    LabkitTimeout,
+    ModelNotFound,
+    ResponseTooLarge,
+    RuntimeUnavailable,
+    ServerBusy,
+    ServerError,
+)
+from labkit.retry import RetryPolicy, exponential
 
 DIALECTS = ["ollama", "openai"]
 CHAT_PATH = {"ollama": "/api/chat", "openai": "/v1/chat/completions"}
@@ -311,30 +324,150 @@ def test_wrong_dialect_404_suggests_the_other_one(sleeps: Sleeps) -> None:
 
 
 @pytest.mark.parametrize("dialect", DIALECTS)
-def test_fallback_when_every_attempt_fails(dialect: str, sleeps: Sleeps, tmp_path: Path) -> None:
+def test_with_fallback_when_every_attempt_fails(
+    dialect: str, sleeps: Sleeps, tmp_path: Path
+) -> None:
     log = CallLog(tmp_path / "calls.jsonl")
     sorry = "The assistant is unavailable right now."
     with FakeServer(Answer(503, {"error": "overloaded"})) as fake:
-        c = client(fake.url, dialect, sleeps, fallback=sorry, log=log)
-        reply = c.chat("hi")
-        stream = c.stream("hi")
-        streamed = list(stream)
-    assert reply.from_fallback and reply.text == sorry and reply.attempts == 3
-    assert reply.error is not None and "ServerBusy" in reply.error
-    assert streamed == [sorry] and stream.reply.from_fallback
+        ask = with_fallback(client(fake.url, dialect, sleeps, log=log).chat, fallback=sorry)
+        answer = ask("hi")
+    assert (answer.text, answer.source) == (sorry, "fallback")
+    assert isinstance(answer.error, ServerBusy) and "after 3 attempts" in str(answer.error)
     records = read_log(log.path)
-    assert [r["from_fallback"] for r in records] == [True, True]
-    assert {r["error"] for r in records} == {"ServerBusy"}
-    assert all(r["attempts"] == 3 for r in records)
+    assert [(r["error"], r["attempts"]) for r in records] == [("ServerBusy", 3)]
 
 
 def test_fallback_is_not_used_for_an_unknown_model(sleeps: Sleeps) -> None:
     missing = Answer(404, {"error": 'model "x" not found, try pulling it first'})
     with FakeServer(missing, Answer(200, {"models": []})) as fake, pytest.raises(ModelNotFound):
-        client(fake.url, "ollama", sleeps, fallback="sorry").chat("hi", model="x")
+        with_fallback(client(fake.url, "ollama", sleeps).chat, fallback="sorry")("hi", model="x")
 
 
 def test_health_reports_down_without_raising() -> None:
     health = Client(refused_url(), dialect="ollama", model="m").health("m")
     assert not health.up and health.model_available is False and not health
-    assert "No runtime" in health.detail
+    assert "No runtime" in health.detail and "cannot connect" in health.detail
+
+
+# --- bounds: size, deadline, and what the message says --------------------------------------
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_a_server_sending_bytes_forever_is_cut_off(dialect: str, sleeps: Sleeps) -> None:
+    with FakeServer(Flood()) as fake:
+        endless = client(fake.url, dialect, sleeps, max_response_bytes=1_000_000)
+        began = time.monotonic()
+        with pytest.raises(ResponseTooLarge, match="larger than 1,000,000 bytes"):
+            endless.chat("hi")
+        with pytest.raises(ResponseTooLarge, match="max_response_bytes"):
+            list(endless.stream("hi"))
+        with pytest.raises(ResponseTooLarge):
+            endless.embed(["a text"])
+    assert time.monotonic() - began < 10
+    assert len(fake.seen) == 3 and sleeps == []  # a flood is not retried
+
+
+def test_a_declared_length_over_the_limit_is_refused_before_reading(sleeps: Sleeps) -> None:
+    with FakeServer(Answer(200, {"pad": "x" * 5000})) as fake, pytest.raises(ResponseTooLarge):
+        client(fake.url, "ollama", sleeps, max_response_bytes=1000).chat("hi")
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_a_drip_fed_stream_ends_at_the_deadline(dialect: str, sleeps: Sleeps) -> None:
+    first = stream_lines(dialect, ["a"], done=False)
+    drip = Lines([*first, *(first[-1:] * 1000)], delay=0.05, end="hang")
+    with FakeServer(drip) as fake:
+        limits = Timeout(connect=1, read=0.5, total=1.0)
+        stream = client(fake.url, dialect, sleeps, timeout=limits).stream("x")
+        began = time.monotonic()
+        with pytest.raises(LabkitTimeout, match=r"deadline of 1 s \(Timeout.total\)"):
+            for _ in stream:
+                pass
+        elapsed = time.monotonic() - began
+    assert 0.9 < elapsed < 3 and stream.pieces  # pieces arrived, then the deadline ended it
+
+
+def test_a_drip_fed_answer_ends_at_the_deadline(sleeps: Sleeps) -> None:
+    with FakeServer(Flood(piece=b" ", delay=0.05)) as fake:
+        limits = Timeout(connect=1, read=0.5, total=1.0)
+        began = time.monotonic()
+        with pytest.raises(LabkitTimeout, match="after 1 attempt"):
+            client(fake.url, "openai", sleeps, timeout=limits).chat("hi")
+    assert 0.9 < time.monotonic() - began < 3
+
+
+def test_retries_stop_at_the_deadline_and_the_message_counts_them() -> None:
+    clock = FakeClock()
+    policy = RetryPolicy(attempts=10, wait=lambda attempt: 10.0, sleep=clock.sleep)
+    c = Client(
+        refused_url(),
+        dialect="ollama",
+        model="m",
+        retry=policy,
+        clock=clock,
+        timeout=Timeout(connect=1, read=1, total=25),
+    )
+    with pytest.raises(RuntimeUnavailable) as err:
+        c.chat("hi")
+    # Tries at 0 s, 10 s and 20 s; a third pause would end past the 25 s deadline.
+    assert clock.sleeps == [10.0, 10.0]
+    assert "Gave up after 3 attempts in 20 s" in str(err.value)
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_a_stalled_server_message_states_the_real_attempts(dialect: str, sleeps: Sleeps) -> None:
+    with FakeServer(Hang(30)) as fake, pytest.raises(LabkitTimeout) as err:
+        client(fake.url, dialect, sleeps, timeout=Timeout(connect=1, read=0.2)).chat("hi")
+    assert "nothing for 0.2 s" in str(err.value) and "Gave up after 3 attempts" in str(err.value)
+
+
+def test_the_defaults_the_readme_promises() -> None:
+    limits = Timeout()
+    assert (limits.connect, limits.read, limits.total) == (30.0, 120.0, 600.0)
+    assert Timeout.of(5, limits) == Timeout(5.0, 5.0, 600.0)  # a number keeps the deadline
+    default = Client("http://127.0.0.1:1", dialect="ollama")
+    assert default.timeout == limits and default.max_response_bytes == 32 * 1024 * 1024
+
+
+def test_a_damaged_stream_line_is_a_broken_stream(sleeps: Sleeps) -> None:
+    damaged = Lines(["not json"], content_type="application/x-ndjson")
+    with FakeServer(damaged) as fake, pytest.raises(BrokenStream, match="not a JSON object"):
+        list(client(fake.url, "ollama", sleeps).stream("hi"))
+
+
+def test_a_hang_longer_than_the_deadline_is_reported_as_the_deadline(sleeps: Sleeps) -> None:
+    with FakeServer(Hang(30)) as fake:
+        began = time.monotonic()
+        with pytest.raises(LabkitTimeout) as err:
+            limits = Timeout(connect=1, read=60, total=0.5)
+            client(fake.url, "ollama", sleeps, timeout=limits).chat("hi")
+    assert time.monotonic() - began < 3  # not the 60 s read timeout
+    assert "deadline of 0.5 s" in str(err.value) and "nothing for 60 s" not in str(err.value)
+    assert len(fake.seen) == 1 and sleeps == []  # no time left for another attempt
+
+
+def test_a_compressed_bomb_is_cut_off_by_its_unpacked_size(sleeps: Sleeps) -> None:
+    # 64 MB of spaces packs into ~64 KB: the limit must count what it unpacks to.
+    bomb = gzip.compress(b" " * 64_000_000, compresslevel=9)
+    answer = Answer(200, bomb, headers={"Content-Encoding": "gzip"})
+    with FakeServer(answer) as fake, pytest.raises(ResponseTooLarge):
+        client(fake.url, "ollama", sleeps, max_response_bytes=1_000_000).chat("hi")
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_a_gzipped_answer_is_read(dialect: str, sleeps: Sleeps) -> None:
+    packed = gzip.compress(json.dumps(ok_body(dialect, "packed")).encode())
+    with FakeServer(Answer(200, packed, headers={"Content-Encoding": "gzip"})) as fake:
+        assert client(fake.url, dialect, sleeps).chat("hi").text == "packed"
+
+
+@pytest.mark.parametrize("ending", ["\n", "\r\n", "\r"])
+def test_every_line_ending_an_event_stream_may_use(ending: str, sleeps: Sleeps) -> None:
+    lines = [str(line).rstrip("\n") for line in openai_lines(["a", "b"])]
+    sse = "".join(line + ending + ending for line in lines)
+    # Split into one-byte pieces, so every line ending is also cut in two somewhere.
+    pieces: list[bytes | str | float] = [bytes([c]) for c in sse.encode()]
+    with FakeServer(Lines(pieces, raw=True, content_type=SSE)) as fake:
+        stream = client(fake.url, "openai", sleeps).stream("hi")
+        assert list(stream) == ["a", "b"] and stream.reply.completion_tokens == 2

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from fake_server import Answer, FakeServer, refused_url
 
-from labkit.clients import Client
+from labkit.client import Client
 from labkit.course import free_text, number, quiz
 from labkit.course.coach import MODULES, Assistant, guide, load_module
 from labkit.course.picker import largest, parameters
@@ -207,7 +207,8 @@ def test_the_coach_starts_on_the_largest_chat_model_the_runtime_lists() -> None:
     names = ["smollm2:135m", "qwen2.5:7b", "all-minilm:l6-v2", "llama3.2:3b", "custom:latest"]
     listing = Answer(200, {"models": [{"name": name} for name in names]})
     up = Answer(200, "Ollama is running")
-    with FakeServer(up, listing, up, listing) as fake:
+    # Each listing of the picker: the health check (GET /, GET /api/tags), then the models.
+    with FakeServer(up, listing, listing, up, listing, listing) as fake:
         mine = Client(fake.url, dialect="ollama", model="smollm2:135m", retry=NO_RETRY)
         coach = Assistant(2, mine, prefer_largest=True)
         assert coach.picker.value == mine.model == "qwen2.5:7b"
