@@ -60,3 +60,22 @@ class InvalidModelOutput(LabkitError):
 
 class NotImplementedYet(LabkitError):
     """A learner exercise that has not been written yet."""
+
+
+# --- RAG ---------------------------------------------------------------------------------------
+
+
+class RagError(LabkitError):
+    """Base class of the errors raised by the RAG helpers (``labkit.rag``)."""
+
+
+class DocumentError(RagError):
+    """A document cannot be read or used (missing, empty, binary, not UTF-8, too large)."""
+
+
+class IndexFileError(RagError):
+    """A saved index is missing, incomplete, corrupt or cannot be written where asked."""
+
+
+class EmbeddingMismatch(RagError):
+    """An index is used with another embedding model or vector size than it was built with."""

@@ -1,50 +1,48 @@
-"""Retrieval-augmented generation: documents, chunks, embeddings, a FAISS index, grounded answers, evaluation."""
+"""Retrieval-augmented generation: documents, chunks, embeddings, a FAISS index, grounded answers.
 
-from labkit.rag.core import (
-    CHARS_PER_TOKEN_LONG,
-    CHUNK_OVERLAP,
-    CHUNK_SIZE,
-    EMBED_MAX_TOKENS,
-    INDEX_FORMAT,
-    INDEX_VERSION,
-    LONG_WORD,
-    MAX_FILE_BYTES,
-    MIN_SCORE,
+The whole pipeline in five lines::
+
+    docs = load_documents("data/hr-handbook")
+    chunks = chunk_documents(docs)                     # passages that never cross a heading
+    index = build_index(chunks, client)                # embeds through the runtime, FAISS inside
+    index.search("How many days of annual leave?", k=3)
+    answer("How many days of annual leave?", index, client)   # text + cited sources
+
+One file per step: ``documents.py``, ``chunking.py``, ``embeddings.py``, ``index.py``,
+``gate.py`` (is the answer in the documents at all?), ``answer.py`` and ``evaluation.py``
+(recall@k, MRR, the refusal threshold, answer-level checks). Token counts come from
+``labkit.tokens``, the estimate the whole kit shares.
+"""
+
+from labkit.errors import DocumentError, EmbeddingMismatch, IndexFileError, RagError
+from labkit.rag.answer import (
     NOT_FOUND,
-    SUPERSEDED_PENALTY,
     SYSTEM_PROMPT,
-    TEXT_SUFFIXES,
-    TOKENS_PER_PIECE,
     Answer,
     Chatter,
-    Chunk,
-    Document,
-    DocumentError,
-    Embedder,
-    EmbeddingCache,
-    EmbeddingMismatch,
-    Hit,
-    Index,
-    IndexFileError,
-    RagError,
-    Section,
     answer,
-    build_index,
+    answer_schema,
     build_prompt,
-    chunk_document,
-    chunk_documents,
     cited_passages,
-    count_tokens,
-    embed_texts,
-    embedding_model,
+    context_window,
     format_passages,
-    llama_token_counter,
+)
+from labkit.rag.chunking import CHUNK_OVERLAP, CHUNK_SIZE, Chunk, chunk_document, chunk_documents
+from labkit.rag.documents import (
+    MAX_FILE_BYTES,
+    TEXT_SUFFIXES,
+    Document,
+    Section,
     load_documents,
-    log,
-    make_faiss_index,
     parse_sections,
     read_document,
-    truncate_tokens,
+)
+from labkit.rag.embeddings import (
+    EMBED_MAX_TOKENS,
+    Embedder,
+    EmbeddingCache,
+    embed_texts,
+    embedding_model,
 )
 from labkit.rag.evaluation import (
     ANSWERABLE,
@@ -62,10 +60,21 @@ from labkit.rag.evaluation import (
     score_hits,
     sweep,
 )
+from labkit.rag.gate import MIN_SCORE, Gate, ScoreGate
+from labkit.rag.index import (
+    INDEX_FORMAT,
+    INDEX_VERSION,
+    SUPERSEDED_PENALTY,
+    Hit,
+    Index,
+    build_index,
+    make_faiss_index,
+)
+from labkit.tokens import LONG_WORD, exact_counter, truncate_tokens
+from labkit.tokens import estimate_tokens as count_tokens
 
 __all__ = [
     "ANSWERABLE",
-    "CHARS_PER_TOKEN_LONG",
     "CHUNK_OVERLAP",
     "CHUNK_SIZE",
     "EMBED_MAX_TOKENS",
@@ -79,7 +88,6 @@ __all__ = [
     "SUPERSEDED_PENALTY",
     "SYSTEM_PROMPT",
     "TEXT_SUFFIXES",
-    "TOKENS_PER_PIECE",
     "Answer",
     "Calibration",
     "Chatter",
@@ -89,31 +97,34 @@ __all__ = [
     "Embedder",
     "EmbeddingCache",
     "EmbeddingMismatch",
+    "Gate",
     "Hit",
     "Index",
     "IndexFileError",
     "RagError",
+    "ScoreGate",
     "Section",
     "Source",
     "answer",
+    "answer_schema",
     "build_index",
     "build_prompt",
     "calibrate_threshold",
     "chunk_document",
     "chunk_documents",
     "cited_passages",
+    "context_window",
     "count_tokens",
     "embed_texts",
     "embedding_model",
     "evaluate",
     "evaluate_by_type",
+    "exact_counter",
     "first_hit_ranks",
     "format_passages",
     "is_hit",
-    "llama_token_counter",
     "load_documents",
     "load_eval_set",
-    "log",
     "make_faiss_index",
     "misses",
     "parse_sections",

@@ -24,17 +24,11 @@ import numpy as np
 from matplotlib.axes import Axes
 from tqdm.auto import tqdm
 
-from labkit.rag.core import (
-    Chunk,
-    Document,
-    Embedder,
-    EmbeddingCache,
-    Hit,
-    Index,
-    RagError,
-    build_index,
-    chunk_documents,
-)
+from labkit.errors import RagError
+from labkit.rag.chunking import Chunk, chunk_documents
+from labkit.rag.documents import Document
+from labkit.rag.embeddings import Embedder, EmbeddingCache
+from labkit.rag.index import Hit, Index, build_index
 
 ANSWERABLE = ("single", "multi", "superseded")
 QUESTION_TYPES = (*ANSWERABLE, "unanswerable")
