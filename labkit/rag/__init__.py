@@ -49,6 +49,7 @@ from labkit.rag.evaluation import (
     QUESTION_TYPES,
     Calibration,
     Source,
+    calibrate_gate,
     calibrate_threshold,
     evaluate,
     evaluate_by_type,
@@ -57,10 +58,11 @@ from labkit.rag.evaluation import (
     load_eval_set,
     misses,
     plot_sweep,
+    refusals,
     score_hits,
     sweep,
 )
-from labkit.rag.gate import MIN_SCORE, Gate, ScoreGate
+from labkit.rag.gate import GATE_THRESHOLD, MIN_SCORE, Gate, HybridGate, ScoreGate
 from labkit.rag.index import (
     INDEX_FORMAT,
     INDEX_VERSION,
@@ -78,6 +80,7 @@ __all__ = [
     "CHUNK_OVERLAP",
     "CHUNK_SIZE",
     "EMBED_MAX_TOKENS",
+    "GATE_THRESHOLD",
     "INDEX_FORMAT",
     "INDEX_VERSION",
     "LONG_WORD",
@@ -99,6 +102,7 @@ __all__ = [
     "EmbeddingMismatch",
     "Gate",
     "Hit",
+    "HybridGate",
     "Index",
     "IndexFileError",
     "RagError",
@@ -109,6 +113,7 @@ __all__ = [
     "answer_schema",
     "build_index",
     "build_prompt",
+    "calibrate_gate",
     "calibrate_threshold",
     "chunk_document",
     "chunk_documents",
@@ -130,6 +135,7 @@ __all__ = [
     "parse_sections",
     "plot_sweep",
     "read_document",
+    "refusals",
     "score_hits",
     "sweep",
     "truncate_tokens",

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from labkit.errors import InvalidInput
 from labkit.rag.embeddings import Embedder
-from labkit.rag.gate import MIN_SCORE, Gate, ScoreGate
+from labkit.rag.gate import GATE_K, Gate, HybridGate
 from labkit.rag.index import Hit, Index
 from labkit.tokens import estimate_tokens
 
@@ -242,20 +242,21 @@ def answer(
     *,
     k: int = 3,
     gate: Gate | None = None,
-    min_score: float = MIN_SCORE,
     max_tokens: int = 200,
     seed: int = 42,
     context: int | None = None,
 ) -> Answer:
     """Answer from the index's documents with citations, or say they do not contain it.
 
-    ``gate`` decides from the retrieved passages whether the documents hold an answer at all
-    (default: the best passage's score must reach ``min_score``); below it the model is not
-    asked. ``context`` is the model's window in tokens (default: asked from the runtime).
+    ``gate`` scores the top passages: below its threshold the documents are taken not to hold
+    an answer and the model is not asked (default: ``HybridGate()``, see labkit/rag/gate.py).
+    The ``k`` best passages go into the prompt; ``context`` is the model's window in tokens
+    (default: asked from the runtime).
     """
-    hits = index.search(question, k)
-    gate = gate if gate is not None else ScoreGate(min_score)
-    if not hits or not gate.accepts(question, hits):
+    found = index.search(question, max(k, GATE_K))
+    gate = gate if gate is not None else HybridGate()
+    hits = found[:k]
+    if not hits or gate.score(question, found, index) < gate.threshold:
         # Nothing close enough: asking the model anyway invites an invented answer.
         return Answer(NOT_FOUND, [], [], found=False)
     window = context or context_window(client)

@@ -31,6 +31,7 @@ from labkit.errors import (
     ModelNotFound,
     RagError,
 )
+from labkit.rag.bm25 import BM25
 from labkit.rag.chunking import Chunk
 from labkit.rag.embeddings import (
     EMBED_MAX_TOKENS,
@@ -145,6 +146,7 @@ class Index:
         self.client = client
         self.kind = kind
         self.cache = cache
+        self._keywords: BM25 | None = None
 
     @property
     def dim(self) -> int:
@@ -156,6 +158,12 @@ class Index:
 
     def __repr__(self) -> str:
         return f"<Index of {len(self)} chunks, {self.model} ({self.dim} dims), {self.kind}>"
+
+    def keywords(self) -> BM25:
+        """A BM25 keyword index over the same chunks (heading path + text), built on first use."""
+        if self._keywords is None:
+            self._keywords = BM25([c.embed_text() for c in self.chunks])
+        return self._keywords
 
     def embed_queries(self, queries: Sequence[str]) -> np.ndarray:
         """Embed queries with the index's own model, refusing vectors of another size."""

@@ -21,7 +21,7 @@ import faiss
 import numpy as np
 import pytest
 
-from labkit import rag
+from labkit import discovery, rag
 from labkit.clients import Client
 from labkit.errors import LabkitError, ServerError
 from labkit.rag import (
@@ -105,9 +105,9 @@ def docs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def client() -> Iterator[Client]:
+def client(rt: discovery.Runtime) -> Iterator[Client]:
     """A client for the live runtime (its embedding model and its chat model)."""
-    with Client() as c:
+    with Client(rt.url, dialect=rt.dialect, model=rt.chat_model, embed_model=rt.embed_model) as c:
         yield c
 
 
