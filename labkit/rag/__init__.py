@@ -9,8 +9,9 @@ The whole pipeline in five lines::
     answer("How many days of annual leave?", index, client)   # text + cited sources
 
 One file per step: ``documents.py``, ``chunking.py``, ``embeddings.py``, ``index.py``,
-``gate.py`` (is the answer in the documents at all?), ``answer.py`` and ``evaluation.py``
-(recall@k, MRR, the refusal threshold, answer-level checks). Token counts come from
+``gate.py`` (is the answer in the documents at all?), ``answer.py``, ``evaluation.py``
+(recall@k, MRR, calibrating the gate, the chunking sweep) and ``quality.py`` (answer-level
+checks: correct, cited, grounded, refused). Token counts come from
 ``labkit.tokens``, the estimate the whole kit shares.
 """
 
@@ -72,6 +73,7 @@ from labkit.rag.index import (
     build_index,
     make_faiss_index,
 )
+from labkit.rag.quality import AnswerReport, grade_answers
 from labkit.tokens import LONG_WORD, exact_counter, truncate_tokens
 from labkit.tokens import estimate_tokens as count_tokens
 
@@ -92,6 +94,7 @@ __all__ = [
     "SYSTEM_PROMPT",
     "TEXT_SUFFIXES",
     "Answer",
+    "AnswerReport",
     "Calibration",
     "Chatter",
     "Chunk",
@@ -127,6 +130,7 @@ __all__ = [
     "exact_counter",
     "first_hit_ranks",
     "format_passages",
+    "grade_answers",
     "is_hit",
     "load_documents",
     "load_eval_set",

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from labkit.errors import InvalidInput
+from labkit.errors import InvalidInput, LabkitError
 from labkit.rag.embeddings import Embedder
 from labkit.rag.gate import GATE_K, Gate, HybridGate
 from labkit.rag.index import Hit, Index
@@ -46,27 +46,32 @@ DEFAULT_CONTEXT = 2048  # used when the runtime does not say (the kit's runtime:
 TOKENS_PER_MESSAGE = 5  # chat-template markup around each message
 
 SYSTEM_PROMPT = (
-    "You answer questions about a company's documents. Use only the numbered passages you are "
-    "given; a passage marked OUTDATED is old context: never answer from it when a current "
-    'passage covers the question. Reply in JSON: {"answer": "...", "citations": [n, ...]}, '
-    "citing the numbers of the passages that state the facts you give. If the passages do not "
-    f'contain the answer, reply {{"answer": "{NOT_FOUND}", "citations": []}}.'
+    "You answer questions about a company's documents from the numbered passages you are "
+    'given, and from nothing else. Reply in JSON: "citations" lists the numbers of the '
+    'passages that state the answer, "answer" gives it in one or two sentences with the exact '
+    "figures from those passages. A passage marked OUTDATED is only context: answer from the "
+    f"current one. If no passage answers the question, the answer is: {NOT_FOUND}"
 )
 
 
 def answer_schema(passages: int) -> dict[str, Any]:
-    """The JSON schema of a reply citing up to ``passages`` passages by number."""
+    """The JSON schema of a reply: the passages cited (at least one), then the answer.
+
+    Citations come first so that a model decoding under the schema picks its passages before
+    it writes; with at least one required, even a 135M-parameter model cites.
+    """
     return {
         "type": "object",
         "properties": {
-            "answer": {"type": "string"},
             "citations": {
                 "type": "array",
                 "items": {"type": "integer", "enum": list(range(1, passages + 1))},
+                "minItems": 1,
                 "maxItems": passages,
             },
+            "answer": {"type": "string", "maxLength": 600},
         },
-        "required": ["answer", "citations"],
+        "required": ["citations", "answer"],
     }
 
 
@@ -113,16 +118,21 @@ class Chatter(Embedder, Protocol):
     ) -> _Reply: ...
 
 
+_WINDOWS: dict[tuple[str, str], int] = {}
+
+
 def context_window(client: object, model: str | None = None) -> int:
-    """The chat model's context window in tokens, as the runtime reports it.
+    """The chat model's context window in tokens, as the runtime reports it (asked once).
 
     Asks Ollama's ``/api/show`` (its ``num_ctx`` parameter), then ``/api/ps``, then llama.cpp's
     ``/props``; a runtime that says nothing gets DEFAULT_CONTEXT, with a logged warning.
     """
     session, url = getattr(client, "session", None), getattr(client, "url", None)
-    model = model or getattr(client, "model", None)
     if session is None or not isinstance(url, str):
         return DEFAULT_CONTEXT
+    model = model or getattr(client, "model", None) or _chat_model(client)
+    if (url, model) in _WINDOWS:
+        return _WINDOWS[(url, model)]
     probes: list[tuple[str, str, Any]] = [
         ("POST", "/api/show", {"model": model}),
         ("GET", "/api/ps", None),
@@ -136,9 +146,20 @@ def context_window(client: object, model: str | None = None) -> int:
             log.debug("%s%s: %s", url, path, exc)
             continue
         if found := _window_from(data, model):
+            _WINDOWS[(url, model)] = found
             return found
     log.warning("The runtime does not report its context window; assuming %d.", DEFAULT_CONTEXT)
     return DEFAULT_CONTEXT
+
+
+def _chat_model(client: object) -> str:
+    """The model a client would chat with when none is named ("" if it cannot tell)."""
+    pick = getattr(client, "_default_model", None)
+    try:
+        name = pick() if callable(pick) else ""
+    except (LabkitError, OSError):
+        return ""
+    return name if isinstance(name, str) else ""
 
 
 def _window_from(data: Any, model: object) -> int:
@@ -169,9 +190,7 @@ class Answer:
     @property
     def refused(self) -> bool:
         """True when the answer is "not in the documents" (by the gate or by the model)."""
-        return (
-            not self.found or self.text.strip().rstrip(".").lower() == NOT_FOUND.rstrip(".").lower()
-        )
+        return not self.found or _is_refusal(self.text)
 
     def __str__(self) -> str:
         text = self.text
@@ -284,4 +303,10 @@ def answer(
         max_tokens=max_tokens,
     )
     text, sources, structured = _read_reply(reply.text, passages)
+    if _is_refusal(text):
+        sources = []  # the schema makes a model cite even when it says it cannot answer
     return Answer(text, sources, passages, True, reply, dropped, structured)
+
+
+def _is_refusal(text: str) -> bool:
+    return NOT_FOUND.rstrip(".").lower() in text.lower()

@@ -10,7 +10,7 @@ later, see data/README.md):
 
 - ``ScoreGate``: the best passage's cosine similarity. Calibrated, it refuses 8 of 10
   unanswerable calibration questions but only 6 of 10 held-out ones, while wrongly refusing
-  21 of 50 held-out answerable ones: colloquial wording ("chip in for my yoga classes")
+  22 of 50 held-out answerable ones: colloquial wording ("chip in for my yoga classes")
   scores as low as a question the handbook never answers.
 - ``HybridGate`` (the default): the cosine similarity, plus keyword evidence (the best BM25
   score: do the question's rarer words occur in some passage?) and the margin to the best
