@@ -67,6 +67,7 @@ class _Unit:
     end: int
     tokens: int
     opens_paragraph: bool
+    whole: bool = True  # False: a piece of a sentence too long for one chunk
 
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n")
@@ -86,9 +87,18 @@ def _units(text: str, start: int, end: int, size: int, count: TokenCounter) -> l
             piece = text[piece_start:piece_end].rstrip()
             lead = len(piece) - len(piece.lstrip())
             at = piece_start + lead
-            for part in split_text(piece[lead:], size, count) if piece.strip() else []:
+            if not piece.strip():
+                piece_start = piece_end
+                continue
+            tokens = count(piece[lead:])
+            if tokens <= size:  # the usual case: a sentence is a unit, counted once
+                units.append(_Unit(at, at + len(piece) - lead, tokens, first))
+                first = False
+                piece_start = piece_end
+                continue
+            for part in split_text(piece[lead:], size, count):
                 if part.strip():
-                    units.append(_Unit(at, at + len(part.rstrip()), count(part), first))
+                    units.append(_Unit(at, at + len(part.rstrip()), count(part), first, False))
                     first = False
                 at += len(part)
             piece_start = piece_end
@@ -106,6 +116,9 @@ def _fitted(
     """
     fitted: list[tuple[int, int]] = []
     for first, end in ranges:
+        if all(u.whole for u in units[first:end]):
+            fitted.append((first, end))  # whole sentences: their counts add up, as packed
+            continue
         if count(text[units[first].start : units[end - 1].end]) <= size:
             fitted.append((first, end))  # the usual case: one count, no search
             continue
