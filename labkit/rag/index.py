@@ -9,17 +9,14 @@ save's own two files are removed afterwards, never anything else in the folder.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
-import os
 import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import faiss
 import numpy as np
@@ -40,6 +37,17 @@ from labkit.rag.embeddings import (
     embed_texts,
     embedding_model,
 )
+from labkit.rag.storage import (
+    INDEX_FORMAT,
+    INDEX_VERSION,
+    fsync,
+    previous_files,
+    read_chunks,
+    read_meta,
+    sha256,
+    verify,
+    write_atomic,
+)
 from labkit.tokens import estimate_tokens
 
 __all__ = [
@@ -59,9 +67,6 @@ log = logging.getLogger("labkit.rag")
 # rule?"). On top of it, whenever the current version is among the candidates it ranks above
 # its old version (see Index.search_vectors): a penalty alone lets close wording win.
 SUPERSEDED_PENALTY = 0.1
-
-INDEX_FORMAT = "labkit-rag-index"
-INDEX_VERSION = 2  # 2: files named in meta.json, with SHA-256 checksums
 
 
 def make_faiss_index(vectors: np.ndarray, kind: str = "flat") -> faiss.Index:
@@ -257,7 +262,7 @@ class Index:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise IndexFileError(f"Cannot create the folder {path}: {exc}") from exc
-        previous = _previous_files(path)
+        previous = previous_files(path)
         tag = uuid.uuid4().hex[:8]
         names = {"index": f"index-{tag}.faiss", "chunks": f"chunks-{tag}.jsonl"}
         written = [path / name for name in names.values()]  # removed again if the save fails
@@ -278,11 +283,11 @@ class Index:
                 "metric": "inner product of L2-normalised vectors (cosine)",
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "files": names,
-                "sha256": {key: _sha256(path / name) for key, name in names.items()},
+                "sha256": {key: sha256(path / name) for key, name in names.items()},
             }
             for file in written:
-                _fsync(file)  # the data must be on disk before meta.json points at it
-            _write_atomic(path / "meta.json", json.dumps(meta, indent=2))
+                fsync(file)  # the data must be on disk before meta.json points at it
+            write_atomic(path / "meta.json", json.dumps(meta, indent=2))
         except (OSError, RuntimeError) as exc:
             for file in written:  # only this save's own files; the old index is untouched
                 file.unlink(missing_ok=True)
@@ -314,21 +319,21 @@ class Index:
             raise IndexFileError(
                 f"No saved index at {path}. Build one with build_index(...) and index.save(path)."
             )
-        meta = _read_meta(path)
+        meta = read_meta(path)
         if model is not None and model != meta["model"]:
             raise EmbeddingMismatch(
                 f"The index at {path} was built with {meta['model']!r}, not {model!r}; vectors of "
                 "different models cannot be compared. Rebuild it with the model you want."
             )
         for key, name in meta["files"].items():
-            _verify(path / name, meta["sha256"].get(key))
+            verify(path / name, meta["sha256"].get(key))
         try:
             vectors = faiss.read_index(str(path / meta["files"]["index"]))
         except RuntimeError as exc:
             raise IndexFileError(
                 f"{path / meta['files']['index']} cannot be read; rebuild the index."
             ) from exc
-        chunks = _read_chunks(path / meta["files"]["chunks"])
+        chunks = read_chunks(path / meta["files"]["chunks"])
         if (
             vectors.d != meta["dim"]
             or vectors.ntotal != meta["count"]
@@ -355,106 +360,6 @@ class Index:
 
 def _step(name: str) -> None:
     """A point between the steps of a save (tests interrupt saves here)."""
-
-
-def _sha256(file: Path) -> str:
-    digest = hashlib.sha256()
-    with open(file, "rb") as data:
-        for block in iter(lambda: data.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _fsync(file: Path) -> None:
-    with open(file, "rb+") as handle:
-        os.fsync(handle.fileno())
-
-
-def _write_atomic(file: Path, text: str) -> None:
-    """Write ``file`` so that a reader sees the old content or the new, never half of it."""
-    partial = file.with_name(f".{file.name}.{uuid.uuid4().hex[:8]}.partial")
-    try:
-        with open(partial, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(partial, file)
-    finally:
-        partial.unlink(missing_ok=True)
-
-
-def _previous_files(path: Path) -> set[Path]:
-    """The vector and chunk files that the index already saved in ``path`` names (if any)."""
-    try:
-        meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
-        files = meta["files"] if meta.get("format") == INDEX_FORMAT else {}
-        return {path / Path(str(name)).name for name in files.values()}
-    except (OSError, ValueError, TypeError, KeyError, AttributeError):
-        return set()  # no index there yet (or not ours): nothing to remove
-
-
-def _verify(file: Path, expected: object) -> None:
-    try:
-        actual = _sha256(file)
-    except OSError as exc:
-        raise IndexFileError(
-            f"{file} is missing or unreadable ({exc}); rebuild the index."
-        ) from exc
-    if actual != expected:
-        raise IndexFileError(
-            f"{file} was changed after the index was saved (its SHA-256 checksum differs from "
-            "the one in meta.json): it is damaged or was edited, and would return wrong "
-            "passages. Rebuild the index with build_index(...) and index.save(path)."
-        )
-
-
-def _read_meta(path: Path) -> dict[str, Any]:
-    try:
-        meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise IndexFileError(
-            f"{path / 'meta.json'} is missing or unreadable ({exc}); the folder is not a complete "
-            "index. Rebuild it."
-        ) from exc
-    if not isinstance(meta, dict) or meta.get("format") != INDEX_FORMAT:
-        raise IndexFileError(
-            f"{path / 'meta.json'} does not describe a labkit index; rebuild the index there."
-        )
-    if meta.get("version") != INDEX_VERSION:
-        raise IndexFileError(
-            f"{path} has index format version {meta.get('version')}, this labkit reads "
-            f"version {INDEX_VERSION}; rebuild the index."
-        )
-    files, sums = meta.get("files"), meta.get("sha256")
-    if (
-        not isinstance(meta.get("model"), str)
-        or not isinstance(meta.get("dim"), int)
-        or not isinstance(files, dict)
-        or not isinstance(sums, dict)
-        or set(files) != {"index", "chunks"}
-        or any(not isinstance(n, str) or Path(n).name != n for n in files.values())
-    ):
-        raise IndexFileError(
-            f"{path / 'meta.json'} lacks the model, dimension or file checksums; rebuild the index."
-        )
-    meta.setdefault("kind", "flat")
-    meta.setdefault("count", -1)
-    return meta
-
-
-def _read_chunks(file: Path) -> list[Chunk]:
-    chunks: list[Chunk] = []
-    try:
-        with open(file, encoding="utf-8") as lines:
-            for line in lines:
-                fields = json.loads(line)
-                fields["headings"] = tuple(fields["headings"])
-                chunks.append(Chunk(**fields))
-    except (OSError, ValueError, TypeError, KeyError) as exc:
-        raise IndexFileError(
-            f"{file} is missing or corrupt (at chunk {len(chunks) + 1}): {exc}. Rebuild the index."
-        ) from exc
-    return chunks
 
 
 def build_index(
