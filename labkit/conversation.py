@@ -21,25 +21,25 @@ application decides what to send each time:
     chat.add_assistant(reply.text)
     chat.trimmed            # what was left out of the last messages(), and why
 
-Token counts here are *estimates* (characters / 3, rounded up): no tokenizer is needed, it
-works for every model, and it errs on the safe side (see ``estimate_tokens``).
+Token counts here are *estimates* from ``labkit.tokens`` (the same rule RAG uses): no
+tokenizer is needed, it works for every model, and it errs high on English and code (see
+that module for the measurements, and for German and other languages).
 """
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from labkit.errors import ContextOverflow, InvalidInput, LabkitError
+from labkit.tokens import TokenCounter, estimate_tokens, pack_texts, split_text
 
 if TYPE_CHECKING:  # only for type hints: a Conversation works without a runtime
     from labkit.client import Client
 
 __all__ = [
-    "CHARS_PER_TOKEN",
     "INPUT_SHARE",
     "SUMMARY_PROMPT",
     "SUMMARY_SYSTEM",
@@ -62,21 +62,9 @@ Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content":
 
 # --- 1. counting tokens, roughly -----------------------------------------------------------
 
-# Measured with SmolLM2's tokenizer on the course's texts: English prose is 4.0-4.7 characters
-# per token, Markdown tables 3.1-3.4, Python code about 3.7. Dividing by 3 overestimates a
-# little, which is the safe direction: a budget that is too small wastes some room, a budget
-# that is too large makes the runtime cut the prompt or the answer.
-CHARS_PER_TOKEN = 3.0
 # Each message also costs a few tokens of chat-template markup (<|im_start|>role ... <|im_end|>).
 TOKENS_PER_MESSAGE = 5
 INPUT_SHARE = 0.7  # the rule of thumb: 70% of the window for input, 30% for the reply
-
-TokenCounter = Callable[[str], int]
-
-
-def estimate_tokens(text: str) -> int:
-    """Roughly how many tokens ``text`` is: characters / 3, rounded up (an overestimate)."""
-    return math.ceil(len(text) / CHARS_PER_TOKEN)
 
 
 def message_tokens(messages: Sequence[Message], count: TokenCounter = estimate_tokens) -> int:
@@ -353,48 +341,13 @@ def split_to_budget(
     pieces: list[str] = []
     for paragraph in _PARAGRAPHS.split(text.strip()):
         pieces += _fit(paragraph.strip(), size, count)
-    return _pack([p for p in pieces if p], size, count)
+    return pack_texts([p for p in pieces if p], size, count)
 
 
 def _fit(paragraph: str, size: int, count: TokenCounter) -> list[str]:
     """A paragraph as pieces of at most ``size`` tokens: itself, its sentences, or word runs."""
     if count(paragraph) <= size:
         return [paragraph]
-    pieces: list[str] = []
-    for sentence in _SENTENCES.split(paragraph):
-        if count(sentence) <= size:
-            pieces.append(sentence)
-            continue
-        # A "sentence" longer than a whole chunk (a table, a list without full stops): words.
-        pieces += _pack(sentence.split(), size, count, joiner=" ", hard=True)
-    return _pack(pieces, size, count, joiner=" ")
-
-
-def _pack(
-    pieces: Sequence[str],
-    size: int,
-    count: TokenCounter,
-    *,
-    joiner: str = "\n\n",
-    hard: bool = False,
-) -> list[str]:
-    """Join consecutive pieces greedily into chunks of at most ``size`` tokens."""
-    chunks: list[str] = []
-    current = ""
-    for piece in pieces:
-        if hard and count(piece) > size:  # one "word" longer than a chunk: cut it by characters
-            step = max(1, int(size * CHARS_PER_TOKEN))
-            pieces_of_word = [piece[i : i + step] for i in range(0, len(piece), step)]
-            chunks += ([current] if current else []) + pieces_of_word[:-1]
-            current = pieces_of_word[-1]
-            continue
-        joined = f"{current}{joiner}{piece}" if current else piece
-        if count(joined) <= size:
-            current = joined
-        else:
-            if current:
-                chunks.append(current)
-            current = piece
-    if current:
-        chunks.append(current)
-    return chunks
+    # A "sentence" longer than a whole chunk (a table, base64) is cut by split_text.
+    sentences = [p for s in _SENTENCES.split(paragraph) for p in split_text(s, size, count)]
+    return pack_texts(sentences, size, count, joiner=" ")

@@ -9,6 +9,10 @@ Every message says what went wrong *and* what to do next::
     ├── InvalidModelOutput        the model answered, but not in the shape asked for
     ├── LabkitTimeout             no answer in time (connect, read or the call's deadline)
     ├── NotImplementedYet         an exercise that is still to be written
+    ├── RagError                  documents and indexes (``labkit.rag``)
+    │   ├── DocumentError         a document cannot be read or used
+    │   ├── EmbeddingMismatch     an index built with another embedding model or size
+    │   └── IndexFileError        a saved index is missing, damaged or cannot be written
     ├── RuntimeStartError         the embedded runtime could not be started
     ├── RuntimeUnavailable        no model server answers at the address
     └── ServerError               the runtime answered with an error (``.status``, ``.detail``)
@@ -23,12 +27,16 @@ from __future__ import annotations
 __all__ = [
     "BrokenStream",
     "ContextOverflow",
+    "DocumentError",
+    "EmbeddingMismatch",
+    "IndexFileError",
     "InvalidInput",
     "InvalidModelOutput",
     "LabkitError",
     "LabkitTimeout",
     "ModelNotFound",
     "NotImplementedYet",
+    "RagError",
     "ResponseTooLarge",
     "RuntimeStartError",
     "RuntimeUnavailable",
@@ -102,3 +110,22 @@ class InvalidModelOutput(LabkitError):
 
 class NotImplementedYet(LabkitError):
     """A learner exercise that has not been written yet."""
+
+
+# Documents and indexes (labkit.rag)
+
+
+class RagError(LabkitError):
+    """Base class of the errors raised by the RAG helpers (``labkit.rag``)."""
+
+
+class DocumentError(RagError):
+    """A document cannot be read or used (missing, empty, binary, not UTF-8, too large)."""
+
+
+class IndexFileError(RagError):
+    """A saved index is missing, incomplete, corrupt or cannot be written where asked."""
+
+
+class EmbeddingMismatch(RagError):
+    """An index is used with another embedding model or vector size than it was built with."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,20 +24,39 @@ import numpy as np
 from matplotlib.axes import Axes
 from tqdm.auto import tqdm
 
-from labkit.rag.core import (
-    Chunk,
-    Document,
-    Embedder,
-    EmbeddingCache,
-    Hit,
-    Index,
-    RagError,
-    build_index,
-    chunk_documents,
-)
+from labkit.errors import RagError
+from labkit.rag.chunking import Chunk, chunk_documents
+from labkit.rag.documents import Document
+from labkit.rag.embeddings import Embedder, EmbeddingCache
+from labkit.rag.gate import GATE_K, Gate, HybridGate, ScoreGate
+from labkit.rag.index import Hit, Index, build_index
+
+__all__ = [
+    "ANSWERABLE",
+    "QUESTION_TYPES",
+    "SPLITS",
+    "Calibration",
+    "Question",
+    "Source",
+    "calibrate_gate",
+    "calibrate_threshold",
+    "evaluate",
+    "evaluate_by_type",
+    "first_hit_ranks",
+    "gate_scores",
+    "is_hit",
+    "load_eval_set",
+    "misses",
+    "plot_sweep",
+    "refusals",
+    "score_hits",
+    "split",
+    "sweep",
+]
 
 ANSWERABLE = ("single", "multi", "superseded")
 QUESTION_TYPES = (*ANSWERABLE, "unanswerable")
+SPLITS = ("calibration", "holdout")  # tune on the first part, report on the second
 
 
 @dataclass(frozen=True)
@@ -57,6 +76,7 @@ class Question:
     answer: str
     sources: tuple[Source, ...]
     type: str  # single, multi, unanswerable or superseded
+    split: str = "calibration"  # "calibration": tune on it; "holdout": only report on it
 
     @property
     def answerable(self) -> bool:
@@ -85,10 +105,17 @@ def load_eval_set(path: str | Path) -> list[Question]:
                 Source(s["doc"], s.get("section") or "") for s in row.get("sources") or []
             )
             question = Question(
-                str(row["id"]), row["question"], row.get("answer", ""), sources, row["type"]
+                str(row["id"]),
+                row["question"],
+                row.get("answer", ""),
+                sources,
+                row["type"],
+                str(row.get("split") or "calibration"),
             )
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise RagError(f"{path}, line {number}: not a valid question ({exc!r}).") from exc
+        if question.split not in SPLITS:
+            raise RagError(f"{path}, line {number}: split must be one of {SPLITS}.")
         if question.type not in QUESTION_TYPES:
             raise RagError(f"{path}, line {number}: unknown type {question.type!r}.")
         if question.answerable and not sources:
@@ -179,50 +206,116 @@ def misses(index: Index, questions: Sequence[Question], k: int = 5) -> list[dict
     return found
 
 
-# --- The "not in the documents" threshold ---------------------------------------------------------
+# --- The "not in the documents" gate -------------------------------------------------------------
+
+
+def split(questions: Sequence[Question], part: str) -> list[Question]:
+    """The questions of one part of the set: "calibration" (tune on it) or "holdout" (report)."""
+    chosen = [q for q in questions if q.split == part]
+    if not chosen:
+        parts = sorted({q.split for q in questions})
+        raise RagError(f"No questions in part {part!r}; the set has: {', '.join(parts)}.")
+    return chosen
+
+
+def gate_scores(index: Index, questions: Sequence[Question], gate: Gate) -> np.ndarray:
+    """The gate's score of every question, in order (what ``answer`` compares to the threshold)."""
+    results = index.search_many([q.question for q in questions], GATE_K)
+    return np.array(
+        [gate.score(q.question, h, index) for q, h in zip(questions, results, strict=True)]
+    )
 
 
 @dataclass(frozen=True)
 class Calibration:
-    """Best-passage scores of answerable and unanswerable questions, and the threshold chosen."""
+    """Gate scores of answerable and unanswerable questions, and the threshold chosen."""
 
     threshold: float
-    accuracy: float  # share of all questions on the right side of the threshold
-    answerable_kept: float  # share of answerable questions at or above it
+    accuracy: float  # balanced: the mean of the two shares below
+    answerable_kept: float  # share of answerable questions at or above the threshold
     unanswerable_refused: float  # share of unanswerable questions below it
     answerable_scores: list[float]
     unanswerable_scores: list[float]
+    gate: Gate = field(default_factory=ScoreGate)  # the gate, with this threshold
 
 
-def calibrate_threshold(index: Index, questions: Sequence[Question]) -> Calibration:
-    """Pick the top-1 score below which "not in the documents" is said, from the eval set.
-
-    Tries every midpoint between observed scores and keeps the one that classifies most
-    questions correctly, weighting the two groups equally (balanced accuracy) so a set with
-    few unanswerable questions does not push the threshold to zero.
-    """
-    answerable = [q for q in questions if q.answerable]
-    unanswerable = [q for q in questions if not q.answerable]
-    if not answerable or not unanswerable:
-        raise RagError("Calibration needs both answerable and unanswerable questions.")
-    top = index.search_many([q.question for q in [*answerable, *unanswerable]], 1)
-    scores = [hits[0].score if hits else 0.0 for hits in top]
-    good, bad = np.array(scores[: len(answerable)]), np.array(scores[len(answerable) :])
+def _best_threshold(good: np.ndarray, bad: np.ndarray) -> tuple[float, float]:
+    """(threshold, balanced accuracy): the midpoint between scores that separates best."""
     points = np.unique(np.concatenate([good, bad]))
     candidates = (points[:-1] + points[1:]) / 2 if len(points) > 1 else points
 
     def balanced(t: float) -> float:
         return float((np.mean(good >= t) + np.mean(bad < t)) / 2)
 
-    best = max(candidates, key=balanced)
+    best = float(max(candidates, key=balanced))
+    return best, balanced(best)
+
+
+def calibrate_threshold(
+    index: Index, questions: Sequence[Question], gate: Gate | None = None
+) -> Calibration:
+    """Pick the gate score below which "not in the documents" is said, from labelled questions.
+
+    Tries every midpoint between observed scores and keeps the one that classifies most
+    questions correctly, weighting the two groups equally (balanced accuracy) so a set with
+    few unanswerable questions does not push the threshold to zero. Pass the calibration
+    part only (``split(questions, "calibration")``) and report on the held-out part.
+    """
+    gate = gate if gate is not None else ScoreGate()
+    answerable = [q for q in questions if q.answerable]
+    unanswerable = [q for q in questions if not q.answerable]
+    if not answerable or not unanswerable:
+        raise RagError("Calibration needs both answerable and unanswerable questions.")
+    scores = gate_scores(index, [*answerable, *unanswerable], gate)
+    good, bad = scores[: len(answerable)], scores[len(answerable) :]
+    threshold, accuracy = _best_threshold(good, bad)
     return Calibration(
-        threshold=round(float(best), 3),
-        accuracy=balanced(float(best)),
-        answerable_kept=float(np.mean(good >= best)),
-        unanswerable_refused=float(np.mean(bad < best)),
+        threshold=round(threshold, 3),
+        accuracy=accuracy,
+        answerable_kept=float(np.mean(good >= threshold)),
+        unanswerable_refused=float(np.mean(bad < threshold)),
         answerable_scores=sorted(map(float, good)),
         unanswerable_scores=sorted(map(float, bad)),
+        gate=replace(gate, threshold=round(threshold, 3)),  # type: ignore[type-var]
     )
+
+
+def calibrate_gate(
+    index: Index,
+    questions: Sequence[Question],
+    keyword_weights: Iterable[float] = (0.0, 0.01, 0.02, 0.03, 0.04),
+    margin_weights: Iterable[float] = (0.0, 0.5, 1.0),
+) -> Calibration:
+    """Try ScoreGate and HybridGate weightings; keep the best on ``questions`` (ties: simplest)."""
+    gates: list[Gate] = [ScoreGate()]
+    gates += [
+        HybridGate(0.0, kw, mw) for kw in keyword_weights for mw in margin_weights if kw or mw
+    ]
+    results = [calibrate_threshold(index, questions, gate) for gate in gates]
+    # max() keeps the first of equals: the plain score gate, then the smallest weights.
+    return max(results, key=lambda c: round(c.accuracy, 6))
+
+
+def refusals(index: Index, questions: Sequence[Question], gate: Gate) -> dict[str, float]:
+    """How ``gate`` decides on labelled questions: refused counts, precision and recall.
+
+    A refusal is right on an unanswerable question and wrong on an answerable one; precision
+    is the share of refusals that were right, recall the share of unanswerable questions
+    refused.
+    """
+    scores = gate_scores(index, questions, gate)
+    refused = scores < gate.threshold
+    unanswerable = np.array([not q.answerable for q in questions])
+    right = int(np.sum(refused & unanswerable))
+    wrong = int(np.sum(refused & ~unanswerable))
+    return {
+        "unanswerable": float(unanswerable.sum()),
+        "answerable": float((~unanswerable).sum()),
+        "refused_unanswerable": float(right),
+        "refused_answerable": float(wrong),
+        "precision": right / (right + wrong) if right + wrong else 1.0,
+        "recall": right / unanswerable.sum() if unanswerable.any() else 1.0,
+    }
 
 
 # --- Sweep -----------------------------------------------------------------------------------------

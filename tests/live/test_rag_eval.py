@@ -14,11 +14,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
-from labkit import Client, rag
+from labkit import Client, discovery, rag
 from labkit.rag import Chunk, EmbeddingCache, Hit, Index, RagError
 from labkit.rag.evaluation import (
     Question,
     Source,
+    calibrate_gate,
     calibrate_threshold,
     evaluate,
     evaluate_by_type,
@@ -26,9 +27,12 @@ from labkit.rag.evaluation import (
     load_eval_set,
     misses,
     plot_sweep,
+    refusals,
     score_hits,
+    split,
     sweep,
 )
+from labkit.rag.gate import HybridGate, ScoreGate
 
 ROOT = Path(__file__).resolve().parents[2]
 HANDBOOK = ROOT / "data" / "hr-handbook"
@@ -48,13 +52,20 @@ def hits(*chunks: Chunk) -> list[Hit]:
 
 
 def test_the_course_eval_set_loads_and_points_at_real_sections() -> None:
-    questions = load_eval_set(EVAL_SET)
-    assert len(questions) == 84 and len({q.id for q in questions}) == 84
+    everything = load_eval_set(EVAL_SET)
+    assert len(everything) == 144 and len({q.id for q in everything}) == 144
+    questions = split(everything, "calibration")
+    assert len(questions) == 84
     types = {t: sum(q.type == t for q in questions) for t in ("single", "multi", "superseded")}
     assert types == {"single": 54, "multi": 14, "superseded": 6}
     assert sum(not q.answerable for q in questions) == 10
+    held = split(everything, "holdout")
+    assert sum(q.answerable for q in held) == 50 and sum(not q.answerable for q in held) == 10
+    assert len({s.doc for q in held for s in q.sources}) >= 28  # 30 of the 33 current documents
+    assert not {q.question for q in held} & {q.question for q in questions}
     docs = {d.name: d for d in rag.load_documents(HANDBOOK)}
-    for q in questions:
+    assert not any(docs[s.doc].superseded_by for q in everything for s in q.sources)
+    for q in everything:
         for source in q.sources:  # every source names a document and one of its headings
             headings = {h for s in docs[source.doc].sections for h in s.headings[1:]}
             assert source.section in headings, (q.id, source)
@@ -65,6 +76,10 @@ def test_the_course_eval_set_loads_and_points_at_real_sections() -> None:
     [
         ("{not json", "line 2"),
         ('{"id": "x", "question": "?", "sources": [], "type": "tricky"}', "unknown type"),
+        (
+            '{"id": "x", "question": "?", "sources": [], "type": "unanswerable", "split": "t"}',
+            "split",
+        ),
         ('{"id": "x", "question": "?", "sources": [], "type": "single"}', "needs sources"),
         ('{"id": "x", "sources": [], "type": "single"}', "line 2"),
         ('{"id": "x", "question": "?", "sources": [{"section": "A"}], "type": "single"}', "line 2"),
@@ -159,8 +174,8 @@ def test_plot_sweep_draws_on_the_given_axes() -> None:
 
 
 @pytest.fixture(scope="module")
-def client() -> Iterator[Client]:
-    with Client() as c:
+def client(rt: discovery.Runtime) -> Iterator[Client]:
+    with Client(rt.url, dialect=rt.dialect, model=rt.chat_model, embed_model=rt.embed_model) as c:
         yield c
 
 
@@ -192,35 +207,83 @@ def minilm(handbook: Index) -> Index:
     return handbook
 
 
-def test_default_settings_meet_the_recall_goal(minilm: Index, questions: list[Question]) -> None:
-    scores = evaluate(minilm, questions)
+@pytest.fixture(scope="module")
+def calibration(questions: list[Question]) -> list[Question]:
+    return split(questions, "calibration")
+
+
+@pytest.fixture(scope="module")
+def holdout(questions: list[Question]) -> list[Question]:
+    return split(questions, "holdout")
+
+
+def test_default_settings_meet_the_recall_goal(minilm: Index, calibration: list[Question]) -> None:
+    scores = evaluate(minilm, calibration)
     assert scores["questions"] == 74
-    assert scores["recall@5"] >= 0.85, scores
+    assert scores["recall@5"] >= 0.88, scores
     assert scores["recall@1"] <= scores["recall@3"] <= scores["recall@5"]
     assert scores["recall_all@5"] <= scores["recall@5"] <= scores["recall_any@5"]
     assert 0 < scores["mrr"] <= 1
-    by_type = evaluate_by_type(minilm, questions)
+    by_type = evaluate_by_type(minilm, calibration)
     assert set(by_type) == {"single", "multi", "superseded"}
     assert by_type["multi"]["recall@5"] == by_type["multi"]["recall_all@5"]
     assert by_type["single"]["recall@5"] == by_type["single"]["recall_any@5"]
 
 
-def test_misses_explain_the_failures(minilm: Index, questions: list[Question]) -> None:
-    found = misses(minilm, questions, k=5)
-    assert len(found) == round(74 * (1 - evaluate(minilm, questions)["recall_all@5"]))
+def test_held_out_questions_are_harder_but_retrieval_transfers(
+    minilm: Index, calibration: list[Question], holdout: list[Question]
+) -> None:
+    held = evaluate(minilm, holdout)
+    assert held["questions"] == 50
+    assert held["recall@5"] >= 0.80, held  # documented: 0.84 (0.91 on the calibration part)
+    assert held["mrr"] < evaluate(minilm, calibration)["mrr"]
+
+
+def test_misses_explain_the_failures(minilm: Index, calibration: list[Question]) -> None:
+    found = misses(minilm, calibration, k=5)
+    assert len(found) == round(74 * (1 - evaluate(minilm, calibration)["recall_all@5"]))
     for miss in found:
         assert None in miss["ranks"] and len(miss["got"]) == 5 and miss["wanted"]
 
 
-def test_the_documented_threshold_matches_the_calibration(
-    minilm: Index, questions: list[Question]
+def test_the_documented_gates_match_the_calibration(
+    minilm: Index, calibration: list[Question]
 ) -> None:
-    cal = calibrate_threshold(minilm, questions)
-    assert len(cal.answerable_scores) == 74 and len(cal.unanswerable_scores) == 10
-    assert cal.accuracy >= 0.75 and abs(cal.threshold - rag.MIN_SCORE) <= 0.05, cal
-    kept = sum(s >= rag.MIN_SCORE for s in cal.answerable_scores) / 74
-    refused = sum(s < rag.MIN_SCORE for s in cal.unanswerable_scores) / 10
-    assert kept >= 0.85 and refused >= 0.5, (kept, refused)
+    plain = calibrate_threshold(minilm, calibration)
+    assert len(plain.answerable_scores) == 74 and len(plain.unanswerable_scores) == 10
+    assert abs(plain.threshold - rag.MIN_SCORE) <= 0.02, plain.threshold
+    chosen = calibrate_gate(minilm, calibration)
+    assert chosen.gate == HybridGate(), chosen.gate  # the defaults are what calibration picks
+    assert chosen.accuracy > plain.accuracy  # it wins where it was chosen...
+
+
+def test_the_gate_is_reported_on_questions_it_was_not_tuned_on(
+    minilm: Index, calibration: list[Question], holdout: list[Question]
+) -> None:
+    tuned = refusals(minilm, calibration, HybridGate())
+    held = refusals(minilm, holdout, HybridGate())
+    assert (tuned["unanswerable"], tuned["answerable"]) == (10, 74)
+    assert (held["unanswerable"], held["answerable"]) == (10, 50)
+    # The figures documented in labkit/rag/gate.py (8/10 and 3/74; held out 3/10 and 10/50).
+    assert tuned["refused_unanswerable"] >= 7 and tuned["refused_answerable"] <= 4, tuned
+    assert held["refused_answerable"] <= 12 and held["refused_unanswerable"] >= 2, held
+    cosine = refusals(minilm, holdout, ScoreGate())
+    assert held["precision"] >= cosine["precision"] - 0.02, (held, cosine)  # ...and holds out
+
+
+def test_current_policy_outranks_its_old_version_on_close_wording(minilm: Index) -> None:
+    # Worded like the 2023 expenses policy ("60 EUR per person"), still the current one first.
+    for question in (
+        "Client entertainment is reimbursed up to how much per person?",
+        "What are the hotel limits per night, excluding breakfast?",
+        "A receipt is required for every expense above what amount?",
+    ):
+        hits = minilm.search(question, k=5)
+        docs = [h.chunk.doc for h in hits]
+        if "expenses-2023.md" in docs and "expenses.md" in docs:
+            assert docs.index("expenses.md") < docs.index("expenses-2023.md"), (question, docs)
+        plain = [h.chunk.doc for h in minilm.search(question, k=5, superseded_penalty=0)]
+        assert "expenses-2023.md" in plain  # the old version is close: the test means something
 
 
 def test_sweep_rows_agree_with_evaluate(
@@ -232,10 +295,10 @@ def test_sweep_rows_agree_with_evaluate(
 ) -> None:
     # The cache already holds the default chunks' vectors: only new chunks are embedded.
     rows = sweep(
-        docs, questions, client, sizes=(200, 400), overlaps=(0.15,), ks=(1, 5), cache=cache
+        docs, questions, client, sizes=(250, 500), overlaps=(0.15,), ks=(1, 5), cache=cache
     )
-    assert [(r["size"], r["k"]) for r in rows] == [(200, 1), (200, 5), (400, 1), (400, 5)]
-    assert int(rag.CHUNK_SIZE * 0.15) == rag.CHUNK_OVERLAP  # so row 200 is the default index
+    assert [(r["size"], r["k"]) for r in rows] == [(250, 1), (250, 5), (500, 1), (500, 5)]
+    assert int(rag.CHUNK_SIZE * 0.15) == rag.CHUNK_OVERLAP  # so row 250 is the default index
     default = evaluate(handbook, questions, ks=(1, 5))
     assert rows[1]["recall"] == default["recall@5"] and rows[0]["mrr"] == default["mrr"]
     assert rows[0]["chunks"] == len(handbook) and rows[2]["chunks"] <= rows[0]["chunks"]
