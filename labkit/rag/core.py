@@ -127,9 +127,12 @@ def count_tokens(text: str) -> int:
     return math.ceil(round(pieces * TOKENS_PER_PIECE, 6))
 
 
-def llama_token_counter(url: str, timeout: float = 10.0) -> Callable[[str], int]:
+def llama_token_counter(
+    url: str, timeout: float = 10.0, headers: dict[str, str] | None = None
+) -> Callable[[str], int]:
     """A token counter that asks a llama.cpp server's ``/tokenize`` (exact, but one request each)."""
     session = requests.Session()
+    session.headers.update(headers or {})  # the embedded runtime's: ``record.llama_headers``
 
     def count(text: str) -> int:
         try:

@@ -14,10 +14,10 @@ budget below are refused with a 400-family answer before the model server sees t
 
 from __future__ import annotations
 
-import fnmatch
 import ipaddress
 import json
 import os
+import re
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -77,7 +77,13 @@ def allowed_origins() -> list[str]:
 
 def allowed_origin(origin: str) -> bool:
     """True if a browser page from ``origin`` may use the runtime."""
-    return any(fnmatch.fnmatchcase(origin, pattern) for pattern in allowed_origins())
+    return any(_matches(origin, pattern) for pattern in allowed_origins())
+
+
+def _matches(origin: str, pattern: str) -> bool:
+    """``*`` matches anything; every other character only itself (``[::1]`` is no class)."""
+    regex = ".*".join(re.escape(part) for part in pattern.split("*"))
+    return re.fullmatch(regex, origin) is not None
 
 
 def allowed_host(host: str) -> bool:

@@ -83,7 +83,12 @@ def test_estimate_errs_on_the_safe_side_of_the_real_tokenizer(
     # The runtime's own tokenizer (llama.cpp's /tokenize) is the ground truth.
     for path in sorted(HANDBOOK.glob("*.md"))[:4]:
         text = path.read_text()
-        tokens = requests.post(embedded.llama_url + "/tokenize", json={"content": text}, timeout=30)
+        tokens = requests.post(
+            embedded.llama_url + "/tokenize",
+            json={"content": text},
+            headers=embedded.llama_headers,
+            timeout=30,
+        )
         real = len(tokens.json()["tokens"])
         assert real <= estimate_tokens(text) <= 2 * real, path.name
 

@@ -318,7 +318,7 @@ def test_llama_token_counter_matches_the_estimate_roughly(tmp_path: Path) -> Non
     record = runtime.read_record()
     if record is None:
         pytest.skip("the kit's embedded runtime is not the one running here")
-    exact = rag.llama_token_counter(record.embed_url)
+    exact = rag.llama_token_counter(record.embed_url, headers=record.llama_headers)
     text = LEAVE.split("## Carry-over")[1]
     assert abs(exact(text) - count_tokens(text)) <= 0.15 * exact(text)
     doc = read_document(write(tmp_path, {"leave.md": LEAVE}) / "leave.md")
