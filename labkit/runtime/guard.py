@@ -87,16 +87,18 @@ def _matches(origin: str, pattern: str) -> bool:
 
 
 def allowed_host(host: str) -> bool:
-    """True if ``host`` (a Host header) names this machine by a loopback name."""
+    """True if ``host`` (a Host header) is a loopback name or a local address, as Ollama allows."""
     name = urlsplit("//" + host).hostname or ""
     if name in ("", "localhost") or name.endswith(".localhost"):
         return True
     if name == socket.gethostname().lower():
         return True
     try:
-        return ipaddress.ip_address(name).is_loopback
+        address = ipaddress.ip_address(name)
     except ValueError:
-        return False
+        return False  # a name not ours: what a DNS-rebinding page would send
+    # As Ollama: an address of this machine or its network (a page cannot rebind an IP).
+    return address.is_loopback or address.is_private or address.is_unspecified
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

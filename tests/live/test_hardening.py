@@ -164,7 +164,7 @@ def test_a_foreign_page_cannot_drive_the_runtime(embedded: runtime.RuntimeRecord
     assert "Access-Control-Allow-Origin" not in preflight.headers
 
 
-@pytest.mark.parametrize("host", ["evil.example", "evil.example:11434", "10.0.0.1", "[fe80::1]"])
+@pytest.mark.parametrize("host", ["evil.example", "evil.example:11434", "localhost.evil.example"])
 def test_a_foreign_host_name_is_refused_against_dns_rebinding(
     embedded: runtime.RuntimeRecord, host: str
 ) -> None:
