@@ -25,10 +25,12 @@ from labkit.runtime.catalog import all_models, bundled_only, ps, pull, root, sho
 from labkit.runtime.chat import chat, generate
 from labkit.runtime.common import (
     BACKEND,
+    LOAD,
     PROPS,
     SESSION,
     ApiError,
     Backend,
+    Load,
     error,
     openai_error,
     server_props,
@@ -49,6 +51,7 @@ def create_app(backend: Backend) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_errors, guard])
     app[BACKEND] = backend
     app[PROPS] = {}
+    app[LOAD] = Load()
     app.cleanup_ctx.append(_client_session)
     routes = app.router
     routes.add_get("/", root)  # add_get also answers HEAD, as Ollama does

@@ -21,6 +21,7 @@ from labkit.runtime.checks import (
 )
 from labkit.runtime.common import (
     BACKEND,
+    LOAD,
     SESSION,
     ApiError,
     ClientGone,
@@ -180,6 +181,11 @@ def _loaded(label: str, *, chat: bool, unload: bool) -> web.Response:
 
 async def relay(request: web.Request, turn: Turn) -> web.StreamResponse:
     """Ask llama.cpp (always streaming) and answer the client as the turn wants."""
+    with request.app[LOAD].generation():
+        return await _relay(request, turn)
+
+
+async def _relay(request: web.Request, turn: Turn) -> web.StreamResponse:
     session = request.app[SESSION]
     try:
         upstream = await unless_client_leaves(request, session.post(turn.url, json=turn.payload))

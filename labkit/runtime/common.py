@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import json
 import math
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,12 +18,14 @@ from aiohttp import web
 __all__ = [
     "BACKEND",
     "BODY_READ_SECONDS",
+    "LOAD",
     "MAX_JSON_DEPTH",
     "PROPS",
     "SESSION",
     "ApiError",
     "Backend",
     "ClientGone",
+    "Load",
     "check_connected",
     "error",
     "field_of",
@@ -63,6 +65,23 @@ class ApiError(Exception):
         self.message = message
 
 
+@dataclass
+class Load:
+    """Generations in flight; long embedding work gives way to them (see ``embed.py``)."""
+
+    generating: int = 0
+
+    @contextlib.contextmanager
+    def generation(self) -> Iterator[None]:
+        """Count one generation for as long as the block runs."""
+        self.generating += 1
+        try:
+            yield
+        finally:
+            self.generating -= 1
+
+
+LOAD = web.AppKey("load", Load)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 
 

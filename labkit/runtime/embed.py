@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from typing import Any
@@ -12,6 +13,7 @@ from labkit.runtime.catalog import Model, find_model, model_for
 from labkit.runtime.checks import check_keep_alive
 from labkit.runtime.common import (
     BACKEND,
+    LOAD,
     SESSION,
     ApiError,
     Backend,
@@ -32,7 +34,9 @@ __all__ = [
 ]
 
 EMBED_BATCH = 16  # inputs per request to llama.cpp
-TOKEN_BYTES = 32  # more bytes than the longest token of any vocabulary the kit ships
+# Ordinary text averages 3 to 5 bytes a token; 32 is a margin only long runs of blank space
+# exceed (SmolLM2 has an 81-byte token of spaces), so more text than this cannot fit.
+TOKEN_BYTES = 32
 
 
 def _embedding_model(backend: Backend, body: dict[str, Any]) -> tuple[Model, str]:
@@ -68,8 +72,10 @@ async def embed(request: web.Request) -> web.Response:
     tokens = 0
     # In batches, so other requests get their turn in between and a client that leaves
     # stops the work within one batch.
+    load = request.app[LOAD]
     for start in range(0, len(texts), EMBED_BATCH):
         check_connected(request)
+        batch_started = time.perf_counter()
         inputs = await fit_context(request.app, model, texts[start : start + EMBED_BATCH], truncate)
         answer = await post_json(
             request.app[SESSION],
@@ -79,6 +85,10 @@ async def embed(request: web.Request) -> web.Response:
         data = sorted(answer["data"], key=lambda d: d["index"])
         vectors += [item["embedding"] for item in data]
         tokens += int(answer.get("usage", {}).get("prompt_tokens", 0))
+        if load.generating and start + EMBED_BATCH < len(texts):
+            # Someone waits for generated tokens, and both share the CPU: rest as long as
+            # the batch took, so a long embedding takes at most half of it meanwhile.
+            await asyncio.sleep(time.perf_counter() - batch_started)
     if 0 < dimensions < len(vectors[0]):
         vectors = [_normalize(v[:dimensions]) for v in vectors]
     return json_answer(

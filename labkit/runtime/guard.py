@@ -44,10 +44,11 @@ __all__ = [
 # 8 MB holds a thousand 512-token inputs for /api/embed with room to spare; a chat prompt is
 # limited far below that by the model's context anyway.
 MAX_BODY_BYTES = 8 * 1024 * 1024
-# Measured on 2 CPU cores: an enum of 1,000 random strings makes each generated token ~50 ms
-# slower for every request, 5,000 stall everyone for tens of seconds. 256 choices and 16 KB
-# keep a worst-case schema's cost within a few hundred milliseconds.
-MAX_SCHEMA_BYTES = 16 * 1024
+# Measured on 2 CPU cores: a 30-token answer constrained to an enum of 2,000 random strings
+# takes 2.2 s instead of 0.7 s, and the model server's one thread spends that time for every
+# request; 5,000 stalled everyone for 25 s. At 256 choices in 8 KB a plain chat beside the
+# worst such schema takes about twice its time alone (bench/fairness.py).
+MAX_SCHEMA_BYTES = 8 * 1024
 MAX_SCHEMA_CHOICES = 256
 MAX_SCHEMA_DEPTH = 32
 

@@ -10,6 +10,7 @@ from aiohttp import web
 from labkit.runtime.catalog import Model, all_models, find_model, model_for
 from labkit.runtime.common import (
     BACKEND,
+    LOAD,
     SESSION,
     ApiError,
     ClientGone,
@@ -62,17 +63,28 @@ async def forward_openai(request: web.Request) -> web.StreamResponse:
         raise ApiError(400, f'"{label}" does not support {what}')
     if wants_embeddings:
         body["input"] = await _fitted_input(request, model, body.get("input"))
-    else:
-        check_openai_request(body)
-    if not wants_embeddings and not field_of(body, "stream", bool, False) and "tools" not in body:
+        return await _forward(request, model.url + request.path, body)
+    check_openai_request(body)
+    with request.app[LOAD].generation():
+        return await _forward_generation(request, model.url + request.path, body)
+
+
+async def _forward_generation(
+    request: web.Request, url: str, body: dict[str, Any]
+) -> web.StreamResponse:
+    """Forward a completion; a non-streamed one is collected here from llama.cpp's stream."""
+    if not field_of(body, "stream", bool, False) and "tools" not in body:
         # llama.cpp keeps decoding a non-streamed answer for a client that left; a streamed
         # one stops when we hang up. So ask for a stream and put the answer together here.
-        return await _collected(request, model.url + request.path, body)
+        return await _collected(request, url, body)
+    return await _forward(request, url, body)
+
+
+async def _forward(request: web.Request, url: str, body: dict[str, Any]) -> web.StreamResponse:
+    """Pass the request on and llama.cpp's answer back, byte for byte."""
     session = request.app[SESSION]
     try:
-        upstream = await unless_client_leaves(
-            request, session.post(model.url + request.path, json=body)
-        )
+        upstream = await unless_client_leaves(request, session.post(url, json=body))
     except ClientGone:
         return web.Response(status=499)
     try:

@@ -132,3 +132,48 @@ def test_the_command_line_loads_nothing_heavy() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_a_body_that_trickles_gets_408_and_a_huge_one_413(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client that sends part of its body and waits holds a connection only so long."""
+    import asyncio
+
+    from aiohttp import web
+
+    from labkit.runtime import common
+
+    monkeypatch.setattr(common, "BODY_READ_SECONDS", 0.5)
+
+    async def echo(request: web.Request) -> web.Response:
+        try:
+            await common.read_object(request)
+        except ApiError as exc:
+            return common.error(exc.status, exc.message)
+        return web.Response(text="ok")
+
+    async def scenario() -> tuple[bytes, bytes]:
+        app = web.Application(client_max_size=1000)
+        app.router.add_post("/", echo)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        try:
+            answers = []
+            for head, body in (
+                (b"Content-Length: 100", b'{"model": '),
+                (b"Transfer-Encoding: chunked", b"7d0\r\n" + b"x" * 2000 + b"\r\n0\r\n\r\n"),
+            ):
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(b"POST / HTTP/1.1\r\nHost: localhost\r\n" + head + b"\r\n\r\n" + body)
+                await writer.drain()
+                answers.append(await asyncio.wait_for(reader.read(4096), timeout=10))
+                writer.close()
+            return answers[0], answers[1]
+        finally:
+            await runner.cleanup()
+
+    slow, huge = asyncio.run(scenario())
+    assert slow.startswith(b"HTTP/1.1 408") and b'"error"' in slow
+    assert huge.startswith(b"HTTP/1.1 413") and b"1000 bytes" in huge
