@@ -22,6 +22,7 @@ import requests
 from labkit import runtime
 from labkit.errors import RuntimeStartError
 
+PROMPT_CACHE_MIB = 128  # about three full 2048-token contexts of the chat model
 HEADER_TIMEOUT = 15.0  # seconds a connection may take to send a whole request head
 
 
@@ -41,6 +42,9 @@ def start_llama(model: Path, alias: str, *, embedding: bool, threads: int, api_k
     params.api_keys = [api_key]
     params.cors_origins = ""
     params.cors_credentials = False
+    # llama.cpp keeps finished prompts in RAM to reuse them, up to 8 GB by default: memory a
+    # long-running runtime takes and never gives back. A few contexts' worth is plenty here.
+    params.cache_ram_mib = 0 if embedding else PROMPT_CACHE_MIB
     if embedding:
         params.embedding = True
         params.pooling_type = xllamacpp.llama_pooling_type.LLAMA_POOLING_TYPE_MEAN

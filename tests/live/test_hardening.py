@@ -372,6 +372,7 @@ def test_oversized_and_overlong_prompts_leave_memory_where_it_was(
     after = _rss_mb(embedded.pid)
     # Before, eight 20 MB prompts took the runtime from 441 MB to 1.8 GB for good.
     assert after - before < 150, f"RSS grew from {before:.0f} MB to {after:.0f} MB"
+    assert after < 800, f"{after:.0f} MB: the README promises at most about 700 MB when busy"
 
 
 # --- 10. Half-sent requests do not hold connections ------------------------------------------
