@@ -7,7 +7,8 @@ if ! command -v nginx >/dev/null && ! [ -x /usr/sbin/nginx ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends nginx >/dev/null
-    # Debian starts the service on install; the tests run their own nginx on loopback.
-    { service nginx stop || pkill -x nginx || true; } >/dev/null 2>&1
+    # Debian starts the service on install; the tests run their own nginx on loopback. Stop
+    # only that service (never other nginx processes on this machine).
+    { service nginx stop || true; } >/dev/null 2>&1
 fi
 bash browser-deps.sh

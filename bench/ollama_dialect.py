@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import requests
 
 from labkit import runtime
-from labkit.runtime.ollama_api import OLLAMA_DEFAULTS
+from labkit.runtime.checks import OLLAMA_DEFAULTS
 
 PROMPTS = (
     "Name three colours and say one thing about each.",
@@ -103,7 +103,7 @@ def via_dialect(url: str, prompt: str, tokens: int) -> Timing:
     raise RuntimeError("the dialect's stream ended without its closing object")
 
 
-def direct(llama_url: str, prompt: str, tokens: int) -> Timing:
+def direct(llama_url: str, prompt: str, tokens: int, headers: dict[str, str]) -> Timing:
     """Stream the same chat from llama.cpp itself, with the settings the dialect sends."""
     body = {
         "messages": [{"role": "user", "content": prompt}],
@@ -116,7 +116,7 @@ def direct(llama_url: str, prompt: str, tokens: int) -> Timing:
     sent = time.perf_counter()
     first = last = 0.0
     with requests.post(
-        llama_url + "/v1/chat/completions", json=body, stream=True, timeout=300
+        llama_url + "/v1/chat/completions", json=body, headers=headers, stream=True, timeout=300
     ) as response:
         response.raise_for_status()
         for line in _lines(response):
@@ -148,9 +148,9 @@ def run_pairs(
         prompt = fixed or f"Request {n}. {PROMPTS[n % len(PROMPTS)]}"
         if n % 2:  # a busy moment on the machine then hits both ways alike
             dialect.append(via_dialect(record.url, prompt, tokens))
-            plain.append(direct(record.llama_url, prompt, tokens))
+            plain.append(direct(record.llama_url, prompt, tokens, record.llama_headers))
         else:
-            plain.append(direct(record.llama_url, prompt, tokens))
+            plain.append(direct(record.llama_url, prompt, tokens, record.llama_headers))
             dialect.append(via_dialect(record.url, prompt, tokens))
     return dialect, plain
 

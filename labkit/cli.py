@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 
-from labkit import discovery, runtime
+from labkit import runtime  # the launcher alone: standard library only
 from labkit.errors import LabkitError
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -29,6 +32,8 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Show every runtime that answers here."""
+    from labkit import discovery
+
     found = discovery.running_runtimes()
     if not found:
         print("No runtime is running. Start the embedded one with `labkit up`.")
@@ -40,12 +45,16 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_which(args: argparse.Namespace) -> int:
     """Say which runtime notebooks will use, and why."""
+    from labkit import discovery
+
     print(discovery.find_runtime(start=not args.no_start))
     return 0
 
 
 def cmd_lab(args: argparse.Namespace) -> int:
     """Start the runtime if needed, then JupyterLab on the course."""
+    from labkit import discovery
+
     rt = discovery.find_runtime(start=True)
     print(f"Runtime: {rt}")
     cmd = [sys.executable, "-m", "jupyter", "lab", f"--notebook-dir={PROJECT}"]
@@ -56,17 +65,56 @@ def cmd_lab(args: argparse.Namespace) -> int:
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         cmd += ["--allow-root"]  # containers and CI machines often run as root
     print("Starting JupyterLab — stop it with Ctrl+C; stop the runtime with `labkit down`.")
-    lab = subprocess.Popen(cmd, env={**os.environ, "LABKIT_BASE_URL": rt.url})
-    while True:
-        try:
-            return lab.wait()
-        except KeyboardInterrupt:
-            continue  # JupyterLab got the same Ctrl+C: let it ask and shut down cleanly
+    env = {**os.environ, "LABKIT_BASE_URL": rt.url}
+    lab = subprocess.Popen(cmd, env=env, preexec_fn=_die_with_parent(os.getpid()))
+    return _wait_for_lab(lab)
+
+
+def _die_with_parent(parent: int) -> Callable[[], None]:
+    """A child-side hook: on Linux, the kernel sends SIGTERM when this launcher dies."""
+
+    def hook() -> None:
+        if sys.platform != "linux":
+            return
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGTERM)
+        if os.getppid() != parent:  # the launcher died before the line above took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return hook
+
+
+def _wait_for_lab(lab: subprocess.Popen[bytes]) -> int:
+    """Wait for JupyterLab; however this launcher is told to end, JupyterLab ends too."""
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        while True:
+            try:
+                return lab.wait()
+            except KeyboardInterrupt:
+                continue  # JupyterLab got the same Ctrl+C: let it ask and shut down cleanly
+    finally:
+        if lab.poll() is None:  # SIGTERM, SIGHUP or an error here: end JupyterLab too
+            lab.terminate()
+            try:
+                lab.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                lab.kill()
+                lab.wait()
+        for sig, handler in previous.items():
+            with contextlib.suppress(ValueError):
+                signal.signal(sig, handler)
 
 
 def cmd_faults(args: argparse.Namespace) -> int:
     """Run a fault-injecting proxy in front of a runtime until Ctrl+C."""
-    from labkit import faults
+    from labkit import discovery, faults
 
     target = args.target or discovery.find_runtime(start=False).url
     faults.serve(target, args.rule, port=args.port)
@@ -87,8 +135,8 @@ def cmd_grade(args: argparse.Namespace) -> int:
     return grading.cli(args)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with every subcommand."""
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser with every subcommand (the grader's options only if ``command`` may use them)."""
     parser = argparse.ArgumentParser(prog="labkit", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -119,16 +167,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="FAULT [/PATH] [times=N every=N after=N for=S chance=P], repeatable; "
         'e.g. "503 /api/chat times=2", "reset@3 /v1/*", "latency=0.5"',
     )
-    from labkit.grader import assign, grading
+    grader = add("assign", cmd_assign), add("grade", cmd_grade)
+    if command in (None, "assign", "grade"):
+        # The grader's options need the grader; other commands should not pay for loading it.
+        from labkit.grader import assign, grading
 
-    assign.add_arguments(add("assign", cmd_assign))
-    grading.add_arguments(add("grade", cmd_grade))
+        assign.add_arguments(grader[0])
+        grading.add_arguments(grader[1])
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the ``labkit`` command; errors become one clear line and exit code 1."""
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((arg for arg in argv if not arg.startswith("-")), None)
+    args = build_parser(command).parse_args(argv)
     try:
         code: int = args.func(args)
     except LabkitError as exc:

@@ -77,9 +77,12 @@ def estimate_tokens(text: str) -> int:
     return math.ceil(round(raw * SAFETY, 6))
 
 
-def exact_counter(url: str, timeout: float = 10.0) -> TokenCounter:
+def exact_counter(
+    url: str, timeout: float = 10.0, headers: dict[str, str] | None = None
+) -> TokenCounter:
     """A counter that asks a llama.cpp server's ``/tokenize`` (exact, but one request per text)."""
     session = requests.Session()
+    session.headers.update(headers or {})  # the embedded runtime's: ``record.llama_headers``
 
     def count(text: str) -> int:
         try:

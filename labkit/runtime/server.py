@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import secrets
 import signal
 import time
 from pathlib import Path
@@ -21,8 +22,11 @@ import requests
 from labkit import runtime
 from labkit.errors import RuntimeStartError
 
+PROMPT_CACHE_MIB = 128  # about three full 2048-token contexts of the chat model
+HEADER_TIMEOUT = 15.0  # seconds a connection may take to send a whole request head
 
-def start_llama(model: Path, alias: str, *, embedding: bool, threads: int) -> Any:
+
+def start_llama(model: Path, alias: str, *, embedding: bool, threads: int, api_key: str) -> Any:
     """Start one llama.cpp server on a free loopback port; returns the xllamacpp.Server."""
     import xllamacpp  # imported here: only the runtime process needs the native library
 
@@ -33,6 +37,14 @@ def start_llama(model: Path, alias: str, *, embedding: bool, threads: int) -> An
     params.cpuparams.n_threads = threads
     params.cpuparams_batch.n_threads = threads
     params.endpoint_metrics = True
+    # Only the front may use llama.cpp: it alone sends the key, and no web page gets a CORS
+    # answer (a browser cannot send the key without one).
+    params.api_keys = [api_key]
+    params.cors_origins = ""
+    params.cors_credentials = False
+    # llama.cpp keeps finished prompts in RAM to reuse them, up to 8 GB by default: memory a
+    # long-running runtime takes and never gives back. A few contexts' worth is plenty here.
+    params.cache_ram_mib = 0 if embedding else PROMPT_CACHE_MIB
     if embedding:
         params.embedding = True
         params.pooling_type = xllamacpp.llama_pooling_type.LLAMA_POOLING_TYPE_MEAN
@@ -63,11 +75,16 @@ async def serve(port: int, state_dir: Path, threads: int) -> None:
     """Start everything, publish the record, and serve until SIGTERM or SIGINT."""
     from aiohttp import web
 
-    from labkit.runtime.ollama_api import Backend, create_app
+    from labkit.runtime.app import create_app
+    from labkit.runtime.common import Backend
 
     chat_path, embed_path = runtime.chat_model_path(), runtime.embed_model_path()
-    chat = start_llama(chat_path, runtime.CHAT_MODEL, embedding=False, threads=threads)
-    embed = start_llama(embed_path, runtime.EMBED_MODEL, embedding=True, threads=threads)
+    lock = runtime.hold_lock(state_dir)  # one runtime per folder; held until this process ends
+    key = secrets.token_urlsafe(32)
+    chat = start_llama(chat_path, runtime.CHAT_MODEL, embedding=False, threads=threads, api_key=key)
+    embed = start_llama(
+        embed_path, runtime.EMBED_MODEL, embedding=True, threads=threads, api_key=key
+    )
     for server in (chat, embed):
         wait_healthy(server.listening_address)
 
@@ -78,8 +95,13 @@ async def serve(port: int, state_dir: Path, threads: int) -> None:
         embed_model=runtime.EMBED_MODEL,
         chat_model_path=chat_path,
         embed_model_path=embed_path,
+        api_key=key,
     )
-    app_runner = web.AppRunner(create_app(backend), access_log=None)
+    # keepalive_timeout also closes a new connection that sends no whole request in time:
+    # a client that sends half its headers and waits does not hold a connection for long.
+    app_runner = web.AppRunner(
+        create_app(backend), access_log=None, keepalive_timeout=HEADER_TIMEOUT
+    )
     await app_runner.setup()
     try:
         await web.TCPSite(app_runner, "127.0.0.1", port).start()
@@ -94,8 +116,10 @@ async def serve(port: int, state_dir: Path, threads: int) -> None:
         models=[runtime.CHAT_MODEL, runtime.EMBED_MODEL],
         log=str(runtime.log_path(state_dir)),
         started=time.time(),
+        api_key=key,
     )
     runtime.write_record(record, state_dir)
+    runtime.publish_lock(lock, record)
     print(f"labkit runtime ready at {record.url}", flush=True)
 
     stop = asyncio.Event()
@@ -110,6 +134,7 @@ async def serve(port: int, state_dir: Path, threads: int) -> None:
                 runtime.record_path(state_dir).unlink(missing_ok=True)
         await app_runner.cleanup()
         del chat, embed  # the llama.cpp servers stop when their objects go
+        lock.close()
     print("labkit runtime stopped", flush=True)
 
 

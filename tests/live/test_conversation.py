@@ -82,8 +82,8 @@ Die Arbeitszeiterfassung erfolgt über das Personalportal, Überstunden werden m
 ausgeglichen oder nach Rücksprache mit der Führungskraft ausbezahlt."""
 
 
-def real_tokens(url: str, text: str) -> int:
-    reply = requests.post(url + "/tokenize", json={"content": text}, timeout=30)
+def real_tokens(url: str, text: str, headers: dict[str, str]) -> int:
+    reply = requests.post(url + "/tokenize", json={"content": text}, headers=headers, timeout=30)
     return len(reply.json()["tokens"])
 
 
@@ -96,10 +96,10 @@ def test_estimate_errs_on_the_safe_side_of_the_real_tokenizer(
     texts = [p.read_text() for p in sorted(HANDBOOK.glob("*.md"))[:4]] + [code]
     for url in (embedded.llama_url, embedded.embed_url):
         for text in texts:
-            real = real_tokens(url, text)
+            real = real_tokens(url, text, embedded.llama_headers)
             assert real <= estimate_tokens(text) <= 2.2 * real, (url, text[:40])
         # German runs below the real count, as labkit/tokens.py documents, but not by much.
-        real = real_tokens(url, GERMAN)
+        real = real_tokens(url, GERMAN, embedded.llama_headers)
         assert 0.7 * real <= estimate_tokens(GERMAN) <= 1.3 * real, (url, real)
 
 

@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -79,7 +80,7 @@ def nginx_config(folder: Path, port: int, upstream: int) -> Path:
     """The shipped site file with test addresses, certificate and tokens, in a main config."""
     cert, key = self_signed_certificate(folder)
     tokens = folder / "tokens.map"
-    tokens.write_text(f'"Bearer {TOKEN}"  tester;\n')
+    tokens.write_text(f'"~^Bearer {TOKEN}$"  tester;\n')  # the line deploy/README.md makes
     site = (DEPLOY / "nginx/labkit.conf").read_text()
     swaps = {
         "listen 443 ssl;": f"listen 127.0.0.1:{port} ssl;",
@@ -149,8 +150,10 @@ def get(gateway: Gateway, path: str, token: str | None = None) -> requests.Respo
     return requests.get(gateway.url + path, headers=headers, verify=gateway.cert, timeout=10)
 
 
-@pytest.mark.parametrize("token", [None, "wrong-token"])
-def test_no_entry_without_the_token(gateway: Gateway, token: str | None) -> None:
+@pytest.mark.parametrize(
+    "token", [None, "wrong-token", TOKEN.swapcase(), TOKEN.upper(), TOKEN + "x", TOKEN[:-1]]
+)
+def test_no_entry_without_the_exact_token(gateway: Gateway, token: str | None) -> None:
     ollama = get(gateway, "/api/tags", token)
     assert ollama.status_code == 401
     assert ollama.headers["WWW-Authenticate"].startswith("Bearer")
@@ -170,6 +173,33 @@ def test_the_token_lets_requests_through_but_goes_no_further(gateway: Gateway) -
     seen = gateway.proxy.requests
     assert [r.path for r in seen] == ["/", "/v1/models"]
     assert all("Authorization" not in r.headers for r in seen)  # nginx keeps the token
+    # The runtime refuses foreign Host names (DNS rebinding): nginx names it "localhost".
+    assert {r.headers.get("Host") for r in seen} == {"localhost"}
+
+
+@pytest.mark.parametrize(("path", "dialect"), [("/api/tags", "ollama"), ("/v1/models", "openai")])
+def test_a_third_request_in_flight_gets_a_json_429_with_retry_after(
+    gateway: Gateway, path: str, dialect: str
+) -> None:
+    gateway.proxy.clear()
+    gateway.proxy.add(Fault.latency(2.0), path=path)  # keep two requests in flight
+    answers: list[requests.Response] = []
+    threads = [
+        threading.Thread(target=lambda: answers.append(get(gateway, path, TOKEN))) for _ in range(3)
+    ]
+    for thread in threads:
+        thread.start()
+        time.sleep(0.2)
+    for thread in threads:
+        thread.join(timeout=30)
+    statuses = sorted(a.status_code for a in answers)
+    assert statuses == [200, 200, 429], statuses
+    busy = next(a for a in answers if a.status_code == 429)
+    assert busy.headers["Content-Type"].startswith("application/json")
+    assert int(busy.headers["Retry-After"]) > 0
+    body = busy.json()
+    message = body["error"] if dialect == "ollama" else body["error"]["message"]
+    assert "too many requests" in message
 
 
 @pytest.mark.parametrize("dialect", ["ollama", "openai"])

@@ -39,10 +39,11 @@ def test_up_against_the_live_runtime(embedded: runtime.RuntimeRecord, dialect: s
 
 def test_llamacpp_checks_its_own_health_endpoint(embedded: runtime.RuntimeRecord) -> None:
     # The embedded runtime's chat model is a real llama.cpp server on its own port.
-    report = check_health(embedded.llama_url, "llama.cpp", MODEL)
+    # Its servers answer only requests with the runtime's key (only /health is open).
+    report = check_health(embedded.llama_url, "llama.cpp", MODEL, api_key=embedded.api_key)
     assert report.status == "up"
     assert [c.name for c in report.checks] == ["GET /health", "GET /v1/models"]
-    assert check_health(embedded.llama_url, "llamacpp").status == "up"
+    assert check_health(embedded.llama_url, "llamacpp", api_key=embedded.api_key).status == "up"
 
 
 def test_an_openai_base_url_is_accepted(embedded: runtime.RuntimeRecord) -> None:
@@ -53,7 +54,7 @@ def test_an_openai_base_url_is_accepted(embedded: runtime.RuntimeRecord) -> None
 @pytest.mark.parametrize("dialect", ["ollama", "openai", "llamacpp"])
 def test_degraded_when_the_model_is_missing(embedded: runtime.RuntimeRecord, dialect: str) -> None:
     url = embedded.llama_url if dialect == "llamacpp" else embedded.url
-    report = check_health(url, dialect, "llama9:70b")
+    report = check_health(url, dialect, "llama9:70b", api_key=embedded.api_key)
     assert report.status == "degraded"
     assert len(report.reasons) == 1
     assert "'llama9:70b' is not available" in report.reasons[0]

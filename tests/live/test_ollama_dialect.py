@@ -244,7 +244,10 @@ def test_token_counts_are_llama_cpps(url: str, embedded: runtime.RuntimeRecord) 
     assert final["done_reason"] == "length" and final["eval_count"] == 7
     assert "context" not in final  # Ollama gives no context for raw prompts
     tokens = requests.post(
-        embedded.llama_url + "/tokenize", json={"content": ENDLESS, "add_special": True}, timeout=10
+        embedded.llama_url + "/tokenize",
+        json={"content": ENDLESS, "add_special": True},
+        headers=embedded.llama_headers,
+        timeout=10,
     ).json()["tokens"]
     assert final["prompt_eval_count"] == len(tokens)  # cached or not, the whole prompt
 
@@ -349,9 +352,10 @@ def test_openai_routes(url: str) -> None:
 # --- Streaming behaviour: a client that leaves, clients side by side -----------------------
 
 
-def _busy_slot(llama_url: str, n_predict: int) -> dict[str, Any] | None:
+def _busy_slot(record: runtime.RuntimeRecord, n_predict: int) -> dict[str, Any] | None:
     """llama.cpp's slot decoding our request (its n_remain + n_decoded add up to n_predict)."""
-    for slot in requests.get(llama_url + "/slots", timeout=10).json():
+    slots = requests.get(record.llama_url + "/slots", headers=record.llama_headers, timeout=10)
+    for slot in slots.json():
         progress = (slot.get("next_token") or [{}])[0]
         total = progress.get("n_remain", 0) + progress.get("n_decoded", 0)
         if slot.get("is_processing") and total == n_predict:
@@ -387,13 +391,13 @@ def test_client_that_disconnects_stops_the_generation(
         head = f"POST /api/generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(body)}"
         sock.sendall(head.encode() + b"\r\nContent-Type: application/json\r\n\r\n" + body)
         # Leave while llama.cpp is decoding, with well over a thousand tokens still to go.
-        assert _wait(lambda: _busy_slot(embedded.llama_url, n_predict), timeout=30)
+        assert _wait(lambda: _busy_slot(embedded, n_predict), timeout=30)
         if stream:
             assert sock.recv(4096).startswith(b"HTTP/1.1 200")
-        slot = _busy_slot(embedded.llama_url, n_predict)
+        slot = _busy_slot(embedded, n_predict)
         assert slot is not None and slot["next_token"][0]["n_remain"] > 1000
     # Without the disconnect the slot would stay busy for over a thousand more tokens.
-    assert _wait(lambda: _busy_slot(embedded.llama_url, n_predict) is None, timeout=5)
+    assert _wait(lambda: _busy_slot(embedded, n_predict) is None, timeout=5)
 
 
 def test_requests_are_served_concurrently(url: str) -> None:

@@ -1,0 +1,205 @@
+"""OpenAI's dialect (``/v1/*``): forwarded as it is to the llama.cpp server of the model."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from labkit.runtime import tools
+from labkit.runtime.catalog import Model, all_models, find_model, model_for
+from labkit.runtime.common import (
+    BACKEND,
+    LOAD,
+    SESSION,
+    ApiError,
+    ClientGone,
+    check_connected,
+    field_of,
+    json_answer,
+    read_object,
+    type_name,
+    unless_client_leaves,
+    upstream_error,
+)
+from labkit.runtime.embed import fit_context
+from labkit.runtime.guard import check_schema_cost
+
+__all__ = [
+    "forward_openai",
+    "openai_model",
+    "openai_models",
+]
+
+
+def _openai_model(model: Model) -> dict[str, Any]:
+    created = int(model.path.stat().st_mtime)
+    return {"id": model.name, "object": "model", "created": created, "owned_by": "library"}
+
+
+async def openai_models(request: web.Request) -> web.Response:
+    """GET /v1/models in OpenAI's shape, listing both models."""
+    data = [_openai_model(m) for m in all_models(request.app[BACKEND])]
+    return json_answer({"object": "list", "data": data})
+
+
+async def openai_model(request: web.Request) -> web.Response:
+    """GET /v1/models/{model}: one model, or OpenAI's 404."""
+    name = request.match_info["model"]
+    model = find_model(request.app[BACKEND], name)
+    if model is None:
+        raise ApiError(404, f"model '{name}' not found")
+    return json_answer(_openai_model(model))
+
+
+async def forward_openai(request: web.Request) -> web.StreamResponse:
+    """Forward an OpenAI-style request to the llama.cpp server of its model."""
+    backend = request.app[BACKEND]
+    body = await read_object(request)
+    model, label = model_for(backend, body)
+    wants_embeddings = request.path.endswith("/embeddings")
+    if model.chat == wants_embeddings:
+        what = "embeddings" if wants_embeddings else "completions"
+        raise ApiError(400, f'"{label}" does not support {what}')
+    if wants_embeddings:
+        body["input"] = await _fitted_input(request, model, body.get("input"))
+        return await _forward(request, model.url + request.path, body)
+    check_openai_request(body)
+    if body.get("tools") and request.path.endswith("/chat/completions"):
+        # The tools become a grammar: the same cost limits as any schema.
+        check_schema_cost(body["tools"], "tools")
+        with request.app[LOAD].generation():
+            return await tools.chat(
+                request.app[SESSION], model.url, body, label, "openai", tools.openai_sampling(body)
+            )
+    with request.app[LOAD].generation():
+        return await _forward_generation(request, model.url + request.path, body)
+
+
+async def _forward_generation(
+    request: web.Request, url: str, body: dict[str, Any]
+) -> web.StreamResponse:
+    """Forward a completion; a non-streamed one is collected here from llama.cpp's stream."""
+    if not field_of(body, "stream", bool, False) and "tools" not in body:
+        # llama.cpp keeps decoding a non-streamed answer for a client that left; a streamed
+        # one stops when we hang up. So ask for a stream and put the answer together here.
+        return await _collected(request, url, body)
+    return await _forward(request, url, body)
+
+
+async def _forward(request: web.Request, url: str, body: dict[str, Any]) -> web.StreamResponse:
+    """Pass the request on and llama.cpp's answer back, byte for byte."""
+    session = request.app[SESSION]
+    try:
+        upstream = await unless_client_leaves(request, session.post(url, json=body))
+    except ClientGone:
+        return web.Response(status=499)
+    try:
+        response = web.StreamResponse(status=upstream.status)
+        response.content_type = upstream.content_type
+        await response.prepare(request)
+        # Pass bytes through as they come: streaming must stay streaming.
+        async for chunk in upstream.content.iter_any():
+            check_connected(request)
+            await response.write(chunk)
+        await response.write_eof()
+        return response
+    except (ClientGone, ConnectionResetError):
+        return web.Response(status=499)
+    finally:
+        upstream.close()  # a client that left: llama.cpp stops when the connection drops
+
+
+def check_openai_request(body: dict[str, Any]) -> None:
+    """Refuse (400) malformed tools and too costly schemas or grammars before llama.cpp sees them."""
+    tools = body.get("tools")
+    if tools is not None:
+        if not isinstance(tools, list):
+            raise ApiError(400, f'"tools" must be a list, got {type_name(tools)}')
+        for number, tool in enumerate(tools):
+            function = tool.get("function") if isinstance(tool, dict) else None
+            name = function.get("name") if isinstance(function, dict) else None
+            if not isinstance(tool, dict) or tool.get("type") != "function" or not name:
+                raise ApiError(
+                    400,
+                    f'tools[{number}] must be {{"type": "function", "function": {{"name": ..., '
+                    '"parameters": {...}}}',
+                )
+    response_format = body.get("response_format")
+    if isinstance(response_format, dict):
+        inner = response_format.get("json_schema")
+        schema = inner.get("schema") if isinstance(inner, dict) else None
+        if schema is not None:
+            check_schema_cost(schema, "response_format")
+        if isinstance(response_format.get("schema"), dict):
+            check_schema_cost(response_format["schema"], "response_format")
+    for key in ("json_schema", "grammar"):  # llama.cpp's own fields
+        if body.get(key) is not None:
+            check_schema_cost(body[key], key)
+
+
+async def _fitted_input(request: web.Request, model: Model, given: Any) -> Any:
+    """The input, each text cut to the model's context as Ollama's /v1/embeddings does."""
+    if isinstance(given, str) and given:
+        return (await fit_context(request.app, model, [given], truncate=True))[0]
+    if isinstance(given, list) and given and all(isinstance(t, str) and t for t in given):
+        return await fit_context(request.app, model, given, truncate=True)
+    return given  # token lists and mistakes: llama.cpp answers those itself
+
+
+async def _collected(request: web.Request, url: str, body: dict[str, Any]) -> web.Response:
+    """Ask llama.cpp for a stream and answer once with the whole reply, in OpenAI's shape."""
+    session = request.app[SESSION]
+    payload = {**body, "stream": True, "stream_options": {"include_usage": True}}
+    try:
+        upstream = await unless_client_leaves(request, session.post(url, json=payload))
+    except ClientGone:
+        return web.Response(status=499)
+    try:
+        if upstream.status != 200:
+            raise ApiError(upstream.status, await upstream_error(upstream))
+        return json_answer(await _assemble(request, upstream))
+    except (ClientGone, ConnectionResetError):
+        return web.Response(status=499)
+    finally:
+        upstream.close()  # mid-answer, this is what stops llama.cpp for a client that left
+
+
+async def _assemble(request: web.Request, upstream: Any) -> dict[str, Any]:
+    """The non-streamed answer built from llama.cpp's chunks."""
+    texts: dict[int, list[str]] = {}
+    finish: dict[int, str | None] = {}
+    last: dict[str, Any] = {}
+    chat = True
+    async for line in upstream.content:
+        check_connected(request)
+        if not line.startswith(b"data: ") or line.startswith(b"data: [DONE]"):
+            continue
+        event = json.loads(line[6:])
+        if "error" in event:
+            raise ApiError(500, str(event["error"]))
+        last = event
+        for choice in event.get("choices") or []:
+            index = int(choice.get("index", 0))
+            chat = "delta" in choice
+            piece = (choice.get("delta") or {}).get("content") if chat else choice.get("text")
+            texts.setdefault(index, []).append(piece or "")
+            finish[index] = choice.get("finish_reason") or finish.get(index)
+    if not last:
+        raise ApiError(500, "the model server ended its answer early")
+    choices = []
+    for index in sorted(texts):
+        text = "".join(texts[index])
+        whole: dict[str, Any] = {"finish_reason": finish.get(index), "index": index}
+        if chat:
+            whole["message"] = {"role": "assistant", "content": text}
+        else:
+            whole |= {"text": text, "logprobs": None}
+        choices.append(whole)
+    answer: dict[str, Any] = {
+        key: last[key] for key in ("created", "model", "system_fingerprint") if key in last
+    }
+    answer |= {"choices": choices, "object": "chat.completion" if chat else "text_completion"}
+    answer |= {key: last[key] for key in ("usage", "id", "timings") if key in last}
+    return answer
