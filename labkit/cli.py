@@ -82,9 +82,9 @@ def cmd_assign(args: argparse.Namespace) -> int:
 
 def cmd_grade(args: argparse.Namespace) -> int:
     """Grade a folder of submitted notebooks in isolated kernels."""
-    from labkit.grader import grading
+    from labkit.grader import cli
 
-    return grading.cli(args)
+    return cli.cli(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -119,10 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="FAULT [/PATH] [times=N every=N after=N for=S chance=P], repeatable; "
         'e.g. "503 /api/chat times=2", "reset@3 /v1/*", "latency=0.5"',
     )
-    from labkit.grader import assign, grading
+    from labkit.grader import assign, cli
 
     assign.add_arguments(add("assign", cmd_assign))
-    grading.add_arguments(add("grade", cmd_grade))
+    cli.add_arguments(add("grade", cmd_grade))
     return parser
 
 

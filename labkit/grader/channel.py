@@ -1,0 +1,138 @@
+"""Talking to a running kernel: wait for replies, recover from a hang, run one test."""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import contextlib
+import json
+import queue
+import time
+from typing import Any
+
+from labkit.grader.settings import GradingError
+
+__all__ = ["GRACE"]
+
+
+GRACE = 2.0  # seconds a kernel gets to stop after an interrupt before it is killed
+
+
+async def _wait_reply(km: Any, kc: Any, msg_id: str, timeout: float) -> dict[str, Any] | None:
+    """The shell reply to ``msg_id``, or None after ``timeout`` seconds."""
+    from nbclient.exceptions import DeadKernelError
+
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return None
+        try:
+            # wait_for as well: a receive must never outlive its deadline, whatever happens
+            wait = min(remaining, 1.0)
+            msg: dict[str, Any] = await asyncio.wait_for(kc.get_shell_msg(timeout=wait), wait + 1)
+        except (queue.Empty, asyncio.TimeoutError):
+            if not await km.is_alive():
+                raise DeadKernelError("Kernel died") from None
+            continue
+        if msg.get("parent_header", {}).get("msg_id") == msg_id:
+            return msg
+
+
+async def _ready(km: Any, kc: Any, timeout: float) -> None:
+    """Wait until the kernel answers on its shell and its output reaches us.
+
+    Output is published to whoever listens at that moment, so a cell run before our output
+    channel is connected would lose its output. The kernel announces "idle" after every
+    request; once we see that for our own request, nothing will be lost.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        msg_id = kc.kernel_info()
+        if await _wait_reply(km, kc, msg_id, min(5.0, deadline - time.monotonic())) is None:
+            continue
+        seen_by = time.monotonic() + 0.5
+        while time.monotonic() < seen_by:
+            try:
+                msg = await asyncio.wait_for(kc.get_iopub_msg(timeout=0.1), 1.0)
+            except (queue.Empty, asyncio.TimeoutError):
+                continue
+            idle = msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle"
+            if idle and msg.get("parent_header", {}).get("msg_id") == msg_id:
+                return
+    raise GradingError(f"the kernel did not become ready in {timeout:g} s")
+
+
+async def _recover(km: Any, kc: Any) -> bool:
+    """Interrupt a busy kernel; True if it is responsive again within the grace period."""
+    from nbclient.exceptions import DeadKernelError
+
+    with contextlib.suppress(Exception):
+        await km.interrupt_kernel()
+    try:
+        return await _wait_reply(km, kc, kc.kernel_info(), GRACE) is not None
+    except DeadKernelError:
+        return False
+
+
+async def _run_test(
+    km: Any, kc: Any, spec: dict[str, Any], timeout: float
+) -> tuple[str, dict[str, Any]]:
+    """Run one test in the kernel: ("ok" | "stuck", result). The code travels in the request."""
+    from nbclient.exceptions import DeadKernelError
+
+    test = spec["test"]
+    result = {
+        "name": test["name"],
+        "question": spec["question"],
+        "points": test["points"],
+        "earned": 0.0,
+        "hidden": test["hidden"],
+        "description": test["description"],
+        "hint": "",
+    }
+    expression = (
+        "__import__('labkit.course.checks', fromlist=['grade_test'])"
+        f".grade_test({json.dumps(spec)!r}, globals())"
+    )
+    msg_id = kc.execute(
+        "", silent=True, store_history=False, user_expressions={"r": expression}, allow_stdin=False
+    )
+    try:
+        reply = await _wait_reply(km, kc, msg_id, timeout)
+        recovered = True
+        if reply is None:
+            recovered = await _recover(km, kc)
+    except DeadKernelError:
+        return "stuck", {
+            **result,
+            "status": "error",
+            "message": "The kernel stopped during this test.",
+        }
+    await _drain(kc)
+    if reply is None:
+        message = f"The test took longer than {timeout:g} s and was stopped."
+        return ("ok" if recovered else "stuck"), {**result, "status": "timeout", "message": message}
+    value = reply["content"].get("user_expressions", {}).get("r", {})
+    if value.get("status") == "ok":
+        try:
+            data: dict[str, Any] = json.loads(ast.literal_eval(value["data"]["text/plain"]))
+            return "ok", data
+        except (ValueError, SyntaxError, KeyError):
+            pass
+    problem = value.get("ename", "an unreadable answer")
+    return "ok", {
+        **result,
+        "status": "error",
+        "message": f"The grader could not run this test ({problem}).",
+    }
+
+
+async def _drain(kc: Any) -> None:
+    """Throw away output the tests printed (the grader keeps only results)."""
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline:
+        try:
+            await asyncio.wait_for(kc.get_iopub_msg(timeout=0), 1.0)
+        except (queue.Empty, asyncio.TimeoutError):
+            return
