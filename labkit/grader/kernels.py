@@ -15,7 +15,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+from labkit.grader.network import forward_into
 from labkit.grader.sandbox import _covers, _kernel_env, _limits, enter_sandbox
 from labkit.grader.settings import GradingError, Settings
 from labkit.grader.users import kill_user_processes
@@ -279,6 +281,7 @@ class _Kernel:
     scratch: Path
     uid: int
     gid: int
+    forwarder: Any = None  # the server that pipes its runtime port out of its network
 
 
 class _Worker:
@@ -330,9 +333,19 @@ class _Worker:
                 "covers": _covers(self.settings, scratch),
                 "chown": [str(scratch / "kernel.json")],
                 "limits": _limits(self.settings),
+                "network": self.settings.network,
             }
         await km.start_kernel(cwd=str(scratch), env=_kernel_env(self.settings, scratch, name))
-        return _Kernel(km=km, scratch=scratch, uid=uid, gid=gid)
+        kernel = _Kernel(km=km, scratch=scratch, uid=uid, gid=gid)
+        if self.settings.sandbox and self.settings.network == "runtime":
+            try:
+                port = urlsplit(self.settings.runtime_url).port or 80
+                pid = provisioner.pid
+                kernel.forwarder = await forward_into(pid, port, self.settings.forward_to)
+            except BaseException:
+                await self.stop_kernel(kernel)
+                raise
+        return kernel
 
     async def take_kernel(self) -> _Kernel:
         """The kernel started in advance (or a new one), and start the next in advance."""
@@ -347,6 +360,8 @@ class _Worker:
         until it has) costs more than the rest of a small notebook's grading.
         """
         _kill_group(kernel.km)
+        if kernel.forwarder is not None:
+            kernel.forwarder.close()
         if self.settings.sandbox:
             kill_user_processes([kernel.uid])
         with contextlib.suppress(Exception):

@@ -15,9 +15,11 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from labkit.grader import assign
 from labkit.grader.assign import Exercise
+from labkit.grader.cache import ReplyCache
 from labkit.grader.kernels import PRELOAD, _alive
 from labkit.grader.notebook import _empty_result, _grade_in_worker, _init_worker
 from labkit.grader.report import _write_outputs
@@ -142,6 +144,8 @@ def grade(
     regrade: bool = False,
     sandbox: bool = True,
     memory_mb: int = 4096,
+    network: str = "runtime",
+    cache: bool = True,
     key_path: Path | None = None,
     master_path: Path | None = None,
     root: Path | None = None,
@@ -187,6 +191,8 @@ def grade(
             timeout=timeout,
             sandbox=sandbox,
             memory_mb=memory_mb,
+            network=network,
+            cache=cache,
             key_path=key_path,
             master_path=master_path,
             root=root or Path.cwd(),
@@ -242,6 +248,8 @@ def _grade_all(
     timeout: float,
     sandbox: bool,
     memory_mb: int,
+    network: str,
+    cache: bool,
     key_path: Path | None,
     master_path: Path | None,
     root: Path,
@@ -268,11 +276,15 @@ def _grade_all(
         public_tests=public,
         extra_files=extra,
         run_dir=str(run_dir),
+        network=network if sandbox else "host",
     )
     slots = Slots(workers) if sandbox else None
     uids: list[int] = []
+    replies = ReplyCache(runtime_url) if cache else None
     try:
+        _route(settings, runtime_url, replies)
         if sandbox and slots is not None:
+            settings.hide_checkouts = [str(root.resolve())] if root.resolve().parent != root else []
             settings.hide = _private_paths(submissions, out, key_path, master_path, root)
             settings.reach = _reachability_covers(_needed_paths())
             users = [_grading_user(2 * n + k) for n in slots.numbers for k in (0, 1)]
@@ -303,11 +315,27 @@ def _grade_all(
             seconds = time.perf_counter() - started
         return results, uids, seconds
     finally:
+        if replies is not None:
+            replies.stop()
         if uids:
             kill_user_processes(uids)
         if slots is not None:
             slots.release()
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _route(settings: Settings, runtime_url: str, replies: ReplyCache | None) -> None:
+    """Where kernels send model requests: through the reply cache (if any) to the runtime."""
+    upstream = urlsplit(runtime_url)
+    port = upstream.port or (443 if upstream.scheme == "https" else 80)
+    target = (upstream.hostname or "127.0.0.1", port)
+    if replies is not None:
+        target = replies.start()
+    settings.forward_to = target
+    if settings.network == "runtime":  # the kernel's own loopback, forwarded to target
+        settings.runtime_url = f"http://127.0.0.1:{port}{upstream.path}".rstrip("/")
+    elif replies is not None:
+        settings.runtime_url = f"http://{target[0]}:{target[1]}{upstream.path}".rstrip("/")
 
 
 class _NoBar:

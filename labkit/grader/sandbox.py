@@ -27,19 +27,33 @@ __all__ = ["ISOLATION", "PROJECT", "WORLD_WRITABLE", "enter_sandbox"]
 
 
 ISOLATION = """\
-Enforced: learner code runs as an unprivileged grading user in a private mount namespace;
-submissions, grading output, keys, masters and solutions are hidden from it; it can write
-only to its scratch folder (temp folders are private and discarded); hidden tests reach it
-only over the kernel channel after its own cells ran; memory, file size, process count and
-CPU time are limited; every process it started is killed afterwards; the runtime stays
-reachable on loopback.
-Not enforced: network access beyond loopback is not blocked; code that runs during the tests
-(a background thread, a patched built-in, an audit hook) can observe or tamper with the
-tests running in its own kernel, so a submission written to cheat can fake its own results
-(the tests run on a copy of its namespace, which stops accidents, not intent); the kernel
-can read anything on the machine that every user may read (except the hidden folders);
+Enforced: learner code runs as an unprivileged grading user in private mount and network
+namespaces. It sees the operating system's folders, Python, the labkit package, and its own
+scratch folder (its notebook, the exercise's data files, its public tests) — nothing else of
+the course checkout (no .git, grading keys, masters, solutions), no other submission or
+scratch folder, no folder outside the system ones (/home, /root, /opt, /srv, /mnt and the
+like are empty), and no process but its own (/proc is mounted with hidepid). Its network is
+its own loopback only: the runtime's port on 127.0.0.1 is forwarded to the runtime by the
+grader, and nothing else is reachable (no public address, no other local service); pass
+--network host to give kernels the machine's network instead. It can write only to its
+scratch folder (temp folders are private and discarded); hidden tests reach it only over
+the kernel channel after its own cells ran, are compiled from a private copy and leave no
+source in reach; feedback for a hidden test carries only a short, sanitised message;
+memory, file size, process count and CPU time are limited; every process it started is
+killed afterwards.
+Not enforced: code that runs during the tests (a background thread, a patched built-in, an
+audit hook) can observe or tamper with the tests running in its own kernel, so a submission
+written to cheat can fake its own results (the tests run on a copy of its namespace, which
+stops accidents, not intent); the operating system's world-readable files stay readable;
 a notebook can keep the shared model runtime busy (each cell and test still has its limit).
 """
+
+# Top-level folders of the operating system a kernel keeps; every other one is emptied.
+SYSTEM = frozenset(
+    {"bin", "boot", "dev", "etc", "lib", "lib32", "lib64", "libx32", "nix", "proc", "run"}
+    | {"sbin", "snap", "sys", "tmp", "usr", "var"}
+)
+CLONE_NEWNS, CLONE_NEWNET = 0x00020000, 0x40000000
 
 
 WORLD_WRITABLE = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
@@ -78,18 +92,27 @@ def enter_sandbox(spec: dict[str, Any]) -> None:
         )
         call(rc, f"mount {target}")
 
-    call(libc.unshare(0x00020000), "unshare (needs root with CAP_SYS_ADMIN)")  # CLONE_NEWNS
+    # New mount namespace, and a network of its own (just loopback) unless asked otherwise.
+    flags = 0x00020000 | (0x40000000 if spec.get("network") == "runtime" else 0)
+    call(libc.unshare(flags), "unshare (needs root with CAP_SYS_ADMIN)")
     mount(None, "/", None, ms_rec | ms_private, "")  # our mounts stay in this namespace
+    # A /proc of its own that lists only the grading user's processes (hidepid): the
+    # grader's command line and other kernels stay out of sight.
+    mount("proc", "/proc", "proc", ms_nosuid | ms_nodev | 8, "hidepid=2")  # 8: MS_NOEXEC
     for target, keeps, mode in spec["covers"]:
         if not os.path.lexists(target):  # under an earlier cover: hidden already
             continue
         if os.path.isfile(target):  # a single file: show /dev/null in its place
             mount("/dev/null", target, None, ms_bind, "")
             continue
-        kept = [(k, os.open(k, os.O_RDONLY | os.O_DIRECTORY)) for k in keeps]
+        kept = [(k, os.path.isdir(k), os.open(k, os.O_RDONLY)) for k in keeps]
         mount("tmpfs", target, "tmpfs", ms_nosuid | ms_nodev, f"mode={mode},size=256m")
-        for keep, fd in kept:
-            os.makedirs(keep, exist_ok=True)
+        for keep, is_dir, fd in kept:
+            if is_dir:
+                os.makedirs(keep, exist_ok=True)
+            else:  # a single file (such as Python itself): an empty file to mount it on
+                os.makedirs(os.path.dirname(keep), exist_ok=True)
+                open(keep, "a").close()
             mount(f"/proc/self/fd/{fd}", keep, None, ms_bind | ms_rec, "")
             os.close(fd)
     uid, gid = spec["uid"], spec["gid"]
@@ -120,19 +143,47 @@ os.execv(sys.argv[2], sys.argv[2:])
 
 
 def _covers(settings: Settings, scratch: Path) -> list[list[Any]]:
-    """The mounts for one kernel: make Python reachable, hide private paths, private temp."""
-    covers = [list(c) for c in settings.reach]
-    covers += [[path, [], "000"] for path in settings.hide if os.path.exists(path)]
-    # A course checked out under /tmp (as CI machines often do) must stay reachable when
-    # /tmp itself is replaced: keep the scratch folder, Python and the course's folder.
-    # Not the whole scratch base: it holds other learners' scratch folders.
+    """The mounts for one kernel: empty what is not the system's, hide, private temp.
+
+    Every top-level folder that is not the operating system's (/home, /root, /opt, /work…)
+    is replaced by an empty one that holds only what the kernel needs (Python, the labkit
+    package); so is the course checkout itself, wherever it is: its .git, keys and other
+    learners' work are simply not there.
+    """
     needed = [p for p in _needed_paths() if p != SCRATCH_BASE]
-    wanted = [scratch, *needed, PROJECT]
+    covers: list[list[Any]] = []
+    for folder in _outside_system():
+        keep = _outermost(str(p.resolve()) for p in needed if _is_within(p, Path(folder)))
+        covers.append([folder, keep, "755"])
+    for base in sorted({str(PROJECT), *settings.hide_checkouts}):
+        keep = _outermost(str(p.resolve()) for p in needed if _is_within(p, Path(base)))
+        covers.append([base, keep, "755"])
+    covers += [list(c) for c in settings.reach]
+    covers += [[path, [], "000"] for path in settings.hide if os.path.exists(path)]
+    # Temp folders are replaced too: only this kernel's scratch folder (and Python or
+    # labkit, if they live there, as on some CI machines) stays. Not the whole scratch
+    # base: it holds other learners' scratch folders.
+    wanted = [scratch, *needed]
     for folder in WORLD_WRITABLE:
         if os.path.isdir(folder) and os.stat(folder).st_mode & stat.S_IWOTH:
-            keep = sorted({str(p.resolve()) for p in wanted if _is_within(p, Path(folder))})
+            keep = _outermost(str(p.resolve()) for p in wanted if _is_within(p, Path(folder)))
             covers.append([folder, keep, "1777"])
     return covers
+
+
+def _outermost(paths: Iterable[str]) -> list[str]:
+    """``paths`` without those inside another one (kept with it already)."""
+    unique = sorted(set(paths))
+    return [p for p in unique if not any(q != p and _is_within(Path(p), Path(q)) for q in unique)]
+
+
+def _outside_system() -> list[str]:
+    """Top-level folders that are not the operating system's (where people keep things)."""
+    found = []
+    for entry in os.scandir("/"):
+        if entry.name not in SYSTEM and entry.is_dir(follow_symlinks=False):
+            found.append(entry.path)
+    return sorted(found)
 
 
 def _reachability_covers(needed: Iterable[Path]) -> list[list[Any]]:

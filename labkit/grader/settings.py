@@ -30,6 +30,9 @@ class Settings:
     sandbox: bool = True
     memory_mb: int = 4096
     hide: list[str] = field(default_factory=list)  # paths covered in the kernel's view
+    hide_checkouts: list[str] = field(default_factory=list)  # course folders: keep labkit only
+    network: str = "runtime"  # "runtime": own loopback, runtime port forwarded; "host"
+    forward_to: tuple[str, int] = ("127.0.0.1", 0)  # where the kernels' runtime port leads
     reach: list[list[Any]] = field(default_factory=list)  # covers that make Python reachable
     public_tests: bytes = b""
     extra_files: list[tuple[str, str]] = field(default_factory=list)  # (source, scratch path)
