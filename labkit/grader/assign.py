@@ -599,6 +599,9 @@ def _finish_questions(st: _Parse) -> list[Question]:
             test.points = value
         q.tests = tests
         q.points = float(round(sum(points), 6))
+        given = st.question_points.get(q.name)
+        if q.manual and not tests and isinstance(given, (int, float)):
+            q.points = float(given)  # a person grades it: its worth is what the master says
         if not q.manual and not tests:
             st.warnings.append(f"{q.name} has no tests, so it is worth 0 points.")
         for test in tests:
