@@ -332,7 +332,7 @@ def test_course_exercises_match_their_masters() -> None:
 
 
 def test_a_hole_in_a_function_with_a_multiline_signature_raises_not_implemented() -> None:
-    from labkit.grader.assign import _inside_function
+    from labkit.grader.versions import _inside_function
 
     cell = [
         "def robust_chat(",
