@@ -203,6 +203,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="write nothing; list generated files that no longer match their masters",
     )
+    parser.add_argument(
+        "--release",
+        metavar="DIR",
+        help="also write a learner-only copy of the course into the new folder DIR "
+        "(no solutions/, masters/, grading/, tests or git history): hand out DIR",
+    )
 
 
 def cli(args: argparse.Namespace) -> int:
@@ -218,5 +224,13 @@ def cli(args: argparse.Namespace) -> int:
             return 1
         print(f"All generated files match their {len(masters)} master(s).")
         return 0
-    assign(masters, root, force=args.force)
+    generated = assign(masters, root, force=args.force)
+    if args.release:
+        from labkit.grader.release import release
+
+        files = release(root, Path(args.release), generated)
+        print(
+            f"Released {len(files)} files for learners into {args.release} "
+            "(no solutions, masters, grading keys or history). Hand out that folder."
+        )
     return 0
