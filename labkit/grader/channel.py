@@ -13,7 +13,7 @@ from typing import Any
 
 from labkit.grader.settings import GradingError
 
-__all__ = ["GRACE"]
+__all__ = ["GRACE", "hidden_lines"]
 
 
 GRACE = 2.0  # seconds a kernel gets to stop after an interrupt before it is killed
@@ -77,7 +77,7 @@ async def _recover(km: Any, kc: Any) -> bool:
 
 
 async def _run_test(
-    km: Any, kc: Any, spec: dict[str, Any], timeout: float
+    km: Any, kc: Any, spec: dict[str, Any], timeout: float, secrets: frozenset[str] = frozenset()
 ) -> tuple[str, dict[str, Any]]:
     """Run one test in the kernel: ("ok" | "stuck", result). The code travels in the request."""
     from nbclient.exceptions import DeadKernelError
@@ -118,7 +118,7 @@ async def _run_test(
     if value.get("status") == "ok":
         try:
             data: dict[str, Any] = json.loads(ast.literal_eval(value["data"]["text/plain"]))
-            return "ok", _trusted(result, data, str(test.get("failure_message") or ""))
+            return "ok", _trusted(result, data, str(test.get("failure_message") or ""), secrets)
         except (ValueError, SyntaxError, KeyError):
             pass
     problem = value.get("ename", "an unreadable answer")
@@ -148,7 +148,9 @@ _HIDDEN_MESSAGES = {
 _ERROR_NAME = re.compile(r"The hidden test stopped with ([A-Za-z][A-Za-z0-9]{0,39})\.")
 
 
-def _trusted(result: dict[str, Any], data: Any, failure_hint: str) -> dict[str, Any]:
+def _trusted(
+    result: dict[str, Any], data: Any, failure_hint: str, secrets: frozenset[str]
+) -> dict[str, Any]:
     """The kernel's answer, kept to what learner code cannot turn into a leak.
 
     The answer comes from the learner's kernel, so any of it could be forged: the test's
@@ -167,4 +169,21 @@ def _trusted(result: dict[str, Any], data: Any, failure_hint: str) -> dict[str, 
     else:
         message = str(data.get("message", ""))[:600]
         hint = str(data.get("hint", ""))[:600]
+        if _quotes(message + "\n" + hint, secrets):  # code stolen from a hidden test earlier
+            message, hint = "This test's message quoted hidden test code and was withheld.", ""
     return {**result, "status": status, "earned": earned, "message": message, "hint": hint}
+
+
+def hidden_lines(tests: list[dict[str, Any]]) -> frozenset[str]:
+    """Lines only hidden tests have, long enough to recognise when a message quotes one."""
+    hidden: set[str] = set()
+    shown: set[str] = set()
+    for spec in tests:
+        test = spec["test"]
+        lines = {x.strip() for x in str(test["code"]).splitlines()}
+        (hidden if test["hidden"] else shown).update(lines)
+    return frozenset(x for x in hidden - shown if len(x) >= 12)
+
+
+def _quotes(text: str, secrets: frozenset[str]) -> bool:
+    return any(line in text for line in secrets)

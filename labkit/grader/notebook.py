@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from labkit.grader.assign import Exercise
-from labkit.grader.channel import GRACE, _ready, _recover, _run_test
+from labkit.grader.channel import GRACE, _ready, _recover, _run_test, hidden_lines
 from labkit.grader.kernels import FLOOD_BYTES, START_ERROR, _Kernel, _kernel_classes, _Worker
 from labkit.grader.settings import GradingError, Settings, Submission
 from labkit.grader.users import _grading_user
@@ -189,6 +189,7 @@ async def _run_once(worker: _Worker, kernel: _Kernel, run: _Run, raw: bytes) -> 
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
 
     settings = worker.settings
+    secrets = hidden_lines(run.tests)
     _prepare_scratch(settings, kernel, raw)
     _, client_class = _kernel_classes()
     client = client_class(
@@ -253,7 +254,7 @@ async def _run_once(worker: _Worker, kernel: _Kernel, run: _Run, raw: bytes) -> 
             name = spec["test"]["name"]
             if name in run.results:
                 continue
-            outcome, value = await _run_test(kernel.km, kc, spec, settings.timeout)
+            outcome, value = await _run_test(kernel.km, kc, spec, settings.timeout, secrets)
             run.results[name] = value
             if outcome != "ok":
                 return False

@@ -76,6 +76,7 @@ def _write_outputs(
 def pass_rates(exercise: Exercise, results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """For each test: how many learners passed it, out of everyone graded."""
     rows = []
+    results = [r for r in results if "not-graded" not in r["status"]]  # skipped entries
     for q in exercise.graded_questions:
         for t in q.tests:
             passed = sum(
