@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -143,3 +145,18 @@ def test_grade_test_reports_hidden_failures_without_details() -> None:
     assert "42" not in outcome["message"] and "41" not in outcome["message"]
     outcome = json.loads(checks.grade_test(json.dumps(spec), {"x": 42}))
     assert outcome["status"] == "passed" and outcome["earned"] == 2.0
+
+
+def test_the_submissions_folder_is_blanked_from_the_command_line(tmp_path: Path) -> None:
+    secret = str(tmp_path / "class-of-2026")
+    code = (
+        "import sys; from labkit.grader.cli import hide_from_command_line as hide\n"
+        "done = hide(sys.argv[1])\n"
+        "seen = open('/proc/self/cmdline', 'rb').read()\n"
+        "print(done, sys.argv[1].encode() in seen, b'*' * len(sys.argv[1]) in seen)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    done = subprocess.run(
+        [sys.executable, "-c", code, secret], capture_output=True, text=True, env=env, check=True
+    )
+    assert done.stdout.split() == ["True", "False", "True"]
