@@ -15,19 +15,21 @@
 4. score each test (partial credit), write ``gradebook.csv``, one Markdown feedback file
    per learner, per-test pass rates (CSV and a bar plot) and the executed notebooks.
 
-The pieces: ``sandbox`` (what a kernel sees), ``users`` (grading users, slots),
-``kernels`` (zygote, forked kernels), ``channel`` (talking to a kernel), ``notebook``
-(one notebook), ``run`` (the class), ``report`` (gradebook, feedback, plots), ``cli``.
+The pieces: ``sandbox`` (what a kernel sees), ``network`` (its own loopback, forwarded to
+the runtime), ``cache`` (replies shared by the class), ``users`` (grading users, slots),
+``kernels`` (zygote, forked kernels), ``channel`` (talking to a kernel), ``notebook`` (one
+notebook), ``run`` (the class), ``report`` (gradebook, feedback, plots), ``cli``.
 
 What the sandbox enforces (Linux, run as root): the kernel runs as a grading user of its
-own, inside a private mount namespace where the submissions, the grading output, the
-grading keys, the masters and the solutions are covered by empty folders, and /tmp,
-/var/tmp, /dev/shm and /run/lock are private, throw-away folders; only its scratch folder
-is writable and kept. Limits: address space, file size, process count and CPU time. All
-processes of the grading user are killed after each notebook. Each worker has two grading
-users and alternates them, so the kernel started in advance for the next notebook never
-shares a user with the notebook running now. What it does not enforce is listed in
-``ISOLATION`` below.
+own, in private mount and network namespaces. Every folder outside the operating system's
+(and the course checkout itself) is replaced by an empty one that holds only Python and the
+labkit package; /tmp, /var/tmp, /dev/shm and /run/lock are private, throw-away folders
+holding only its scratch folder; /proc shows only its own processes. Its network is a
+loopback of its own where the runtime's port leads, through the grader, to the runtime.
+Limits: address space, file size, process count and CPU time. All processes of the grading
+user are killed after each notebook. Each worker has two grading users and alternates them,
+so the kernel started in advance for the next notebook never shares a user with the
+notebook running now. The full list, and what it does not enforce, is ``ISOLATION``.
 """
 
 from __future__ import annotations
