@@ -361,7 +361,7 @@ class _Worker:
         """
         _kill_group(kernel.km)
         if kernel.forwarder is not None:
-            kernel.forwarder.close()
+            await kernel.forwarder.close()
         if self.settings.sandbox:
             kill_user_processes([kernel.uid])
         with contextlib.suppress(Exception):

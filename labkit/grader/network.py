@@ -18,18 +18,46 @@ import socket
 import struct
 import threading
 import time
-from functools import partial
+from typing import Any
 
 from labkit.grader.settings import GradingError
 
-__all__ = ["forward_into", "pipe_to"]
+__all__ = ["Forwarder", "forward_into", "pipe_to"]
 
 _CLONE_NEWNET = 0x40000000
 _SIOCSIFFLAGS = 0x8914
 _IFF_UP, _IFF_RUNNING = 0x1, 0x40
 
 
-async def forward_into(pid: int, port: int, target: tuple[str, int]) -> asyncio.AbstractServer:
+class Forwarder:
+    """A kernel's listening socket and the connections it is piping; ``close()`` ends all."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.server: asyncio.AbstractServer | None = None
+        self.pipes: set[asyncio.Task[Any]] = set()  # held here, so none is lost half-way
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Pipe one connection of the kernel's to the target."""
+        task = asyncio.current_task()
+        if task is not None:
+            self.pipes.add(task)
+        try:
+            await pipe_to(self.target, reader, writer)
+        finally:
+            self.pipes.discard(task)
+
+    async def close(self) -> None:
+        """Stop listening and end every connection still open (the kernel is gone)."""
+        if self.server is not None:
+            self.server.close()
+        pipes = list(self.pipes)
+        for task in pipes:
+            task.cancel()
+        await asyncio.gather(*pipes, return_exceptions=True)
+
+
+async def forward_into(pid: int, port: int, target: tuple[str, int]) -> Forwarder:
     """Listen on 127.0.0.1:``port`` inside kernel ``pid``'s network; pipe to ``target``."""
     namespace = f"/proc/{pid}/ns/net"
     own = os.stat("/proc/self/ns/net").st_ino
@@ -61,7 +89,9 @@ async def forward_into(pid: int, port: int, target: tuple[str, int]) -> asyncio.
         sock = await made
     except OSError as exc:
         raise GradingError(f"could not give the kernel its runtime port ({exc})") from exc
-    return await asyncio.start_server(partial(pipe_to, target), sock=sock)
+    forwarder = Forwarder(target)
+    forwarder.server = await asyncio.start_server(forwarder.handle, sock=sock)
+    return forwarder
 
 
 def _listen_inside(namespace: str, port: int) -> socket.socket:
