@@ -264,7 +264,7 @@ def model_bound(args: argparse.Namespace, sandbox: bool, url: str) -> None:
                 )
             shutil.copy(PROJECT / "exercises" / f"{exercise}.ipynb", subs / "untouched.ipynb")
             runs: dict[tuple[bool, int], Any] = {}
-            plan = [(False, 1), (True, 1), (True, 2)]
+            plan = [(False, 1), (True, 1), (True, 2), (True, 4)]
             if args.uncached_two:
                 plan.append((False, 2))
             for cache, workers in plan:
@@ -288,6 +288,7 @@ def model_bound(args: argparse.Namespace, sandbox: bool, url: str) -> None:
             )
             same = all(_scores(runs[k]) == _scores(cold) for k in runs)
             projected = warm.grading_seconds * 300 / len(warm.results)
+            four = runs[True, 4].grading_seconds * 300 / len(warm.results)
             goal = GOALS.get(exercise[:2], 0.0)
             rows.append(
                 (
@@ -298,8 +299,9 @@ def model_bound(args: argparse.Namespace, sandbox: bool, url: str) -> None:
                     f"{warm.grading_seconds:.0f}",
                     f"{runs[True, 1].grading_seconds / warm.grading_seconds:.2f}x",
                     f"{projected / 60:.1f} min",
+                    f"{four / 60:.1f} min",
                     f"{goal / 60:.0f} min",
-                    "met" if projected <= goal else "NOT met",
+                    "met" if min(projected, four) <= goal else "NOT met",
                     "yes" if same else "NO",
                 )
             )
@@ -310,14 +312,15 @@ def model_bound(args: argparse.Namespace, sandbox: bool, url: str) -> None:
         f"{load_after:.1f})\n"
     )
     head = ("exercise", "s/nb cold", "s/nb cached", "1w cached", "2w cached", "2w/1w")
-    head += ("300 (2w)", "goal", "verdict", "same scores")
-    widths = [20, 9, 11, 9, 9, 6, 9, 7, 8, 11]
+    head += ("300 (2w)", "300 (4w)", "goal", "verdict", "same scores")
+    widths = [20, 9, 11, 9, 9, 6, 9, 9, 7, 8, 11]
     for line in (head, *rows):
         print("  ".join(f"{c:>{w}}" for c, w in zip(line, widths, strict=True)))
     print(
         "\ns/nb: median seconds per notebook in a worker (cold: no cache; cached: the class's "
         "later notebooks); 1w/2w: grading phase with 1 or 2 workers, cache on; 300 (2w): "
-        "the cached 2-worker run scaled to 300 notebooks; same scores: every run gave every "
+        "the cached 2-worker run scaled to 300 notebooks (4w: four kernels on the same 2 cores, "
+        "for exercises whose tests mostly wait); same scores: every run gave every "
         "learner the scores of the uncached run."
     )
 

@@ -44,6 +44,10 @@ class Forwarder:
             self.pipes.add(task)
         try:
             await pipe_to(self.target, reader, writer)
+        except asyncio.CancelledError:
+            # The kernel's notebook is done and its connections with it: end quietly
+            # (asyncio would log a cancelled connection handler as an error).
+            writer.close()
         finally:
             self.pipes.discard(task)
 
