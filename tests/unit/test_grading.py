@@ -160,3 +160,59 @@ def test_the_submissions_folder_is_blanked_from_the_command_line(tmp_path: Path)
         [sys.executable, "-c", code, secret], capture_output=True, text=True, env=env, check=True
     )
     assert done.stdout.split() == ["True", "False", "True"]
+
+
+def test_the_grader_keeps_only_what_a_kernel_cannot_forge() -> None:
+    from labkit.grader.channel import _trusted, hidden_lines
+
+    spec = {"name": "q1.3", "question": "q1", "points": 1.0, "earned": 0.0, "hidden": True}
+    result = {**spec, "description": "floats", "hint": ""}
+    secret = 'assert square(1.5) == 2.25, "square(1.5) should be 2.25"'
+    tests = [
+        {"test": {"code": secret, "hidden": True}},
+        {"test": {"code": "square(3)", "hidden": False}},
+    ]
+    secrets = hidden_lines(tests)
+    assert secrets == {secret}
+    forged = {"status": "passed", "earned": 99, "message": secret, "name": "other"}
+    kept = _trusted(result, forged, "Think of floats.", secrets)
+    assert (kept["name"], kept["status"], kept["earned"], kept["message"]) == (
+        "q1.3",
+        "passed",
+        1.0,
+        "",
+    )
+    loud = {"status": "error", "message": "The hidden test stopped with " + secret}
+    assert (
+        _trusted(result, loud, "", secrets)["message"] == "The hidden test stopped with an error."
+    )
+    named = {"status": "error", "message": "The hidden test stopped with ZeroDivisionError."}
+    assert "ZeroDivisionError" in _trusted(result, named, "", secrets)["message"]
+    odd = _trusted(result, {"status": "owned", "earned": 5}, "hint", secrets)
+    assert (odd["status"], odd["earned"], odd["hint"]) == ("error", 0.0, "hint")
+    public = {**result, "hidden": False}
+    quoting = {"status": "failed", "message": "you said: " + secret}
+    assert "withheld" in _trusted(public, quoting, "", secrets)["message"]
+    plain = {"status": "failed", "message": "Expected 9, got 6."}
+    assert _trusted(public, plain, "", secrets)["message"] == "Expected 9, got 6."
+
+
+def test_hidden_failures_in_the_kernel_carry_no_learner_text() -> None:
+    spec = {"question": "q1", "placeholders": [], "test": {"name": "q1.3", "kind": "output"}}
+    spec["test"] |= {"code": "square(1.5)", "hidden": True, "points": 1.0, "description": ""}
+
+    class Sneaky(Exception):
+        pass
+
+    def square(x: float) -> float:
+        raise Sneaky("the test's code, stolen")
+
+    outcome = json.loads(checks.grade_test(json.dumps(spec), {"square": square}))
+    assert outcome["message"] == "The hidden test stopped with an error."
+    assert "stolen" not in json.dumps(outcome)
+
+    def square_zero(x: float) -> float:
+        raise ZeroDivisionError("stolen too")
+
+    outcome = json.loads(checks.grade_test(json.dumps(spec), {"square": square_zero}))
+    assert outcome["message"] == "The hidden test stopped with ZeroDivisionError."
