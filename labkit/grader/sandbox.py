@@ -28,9 +28,10 @@ __all__ = ["ISOLATION", "PROJECT", "WORLD_WRITABLE", "enter_sandbox"]
 
 ISOLATION = """\
 Enforced: learner code runs as an unprivileged grading user in private mount and network
-namespaces. It sees the operating system's folders, Python, the labkit package, and its own
-scratch folder (its notebook, the exercise's data files, its public tests) — nothing else of
-the course checkout (no .git, grading keys, masters, solutions), no other submission or
+namespaces. It sees the operating system's folders, Python, the labkit package, the course's
+public data/ folder and its own scratch folder (its notebook, the exercise's data files, its
+public tests) — nothing else of the course checkout (no .git, grading keys, masters,
+solutions), no other submission or
 scratch folder, no folder outside the system ones (/home, /root, /opt, /srv, /mnt and the
 like are empty), and no process but its own (/proc is mounted with hidepid). Its network is
 its own loopback only: the runtime's port on 127.0.0.1 is forwarded to the runtime by the
@@ -151,6 +152,10 @@ def _covers(settings: Settings, scratch: Path) -> list[list[Any]]:
     learners' work are simply not there.
     """
     needed = [p for p in _needed_paths() if p != SCRATCH_BASE]
+    # The course's public data folder (the handbook, the evaluation set) is what learners'
+    # notebooks open from the course; it ships with the course handed out, so it stays.
+    checkouts = [PROJECT, *(Path(c) for c in settings.hide_checkouts)]
+    needed += [c / "data" for c in checkouts if (c / "data").is_dir()]
     covers: list[list[Any]] = []
     for folder in _outside_system():
         keep = _outermost(str(p.resolve()) for p in needed if _is_within(p, Path(folder)))

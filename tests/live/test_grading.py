@@ -298,13 +298,13 @@ def test_the_key_is_not_readable_through_git(graded: dict[str, Any]) -> None:
     seen = _probe(graded, "gitkey", "GITKEY")
     assert seen["git_course"].startswith("DENIED"), seen["git_course"]
     assert seen["git_project"].startswith("DENIED"), seen["git_project"]
-    # Of the checkout that holds labkit, the kernel sees labkit and nothing else.
+    # Of the checkout that holds labkit, the kernel sees labkit and its public data only.
     beside = {PROJECT.name}
     if PROJECT.parent == grading.SCRATCH_BASE.parent:  # a checkout right in /tmp
         beside.add(grading.SCRATCH_BASE.name)
     assert set(seen["checkouts"]) == beside
     kept = _probe(graded, "neighbours", "NEIGHBOURS")["project"]
-    assert set(kept) <= {"labkit", ".venv"} and "labkit" in kept, kept
+    assert set(kept) <= {"labkit", "data", ".venv"} and "labkit" in kept, kept
     assert seen["course_dir"].startswith("DENIED") and seen["home"] in (
         [],
         "DENIED FileNotFoundError",
