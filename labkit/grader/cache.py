@@ -157,6 +157,18 @@ class ReplyCache:
             content = await up.read()
             return up.status, up.headers.get("Content-Type", "application/json"), content
 
+    async def _fetch_vectors(
+        self, request: Any, path: str, prefix: str, options: dict[str, Any], texts: list[str]
+    ) -> tuple[int, str, bytes] | None:
+        """Ask the runtime for ``texts`` and keep their vectors; its reply if it failed."""
+        body = json.dumps({**options, "input": texts}).encode()
+        status, ctype, content = await self._upstream(request, body)
+        if status != 200:
+            return status, ctype, content
+        for text, vector in zip(texts, _vectors(path, json.loads(content)), strict=True):
+            self.vectors[prefix + text] = vector
+        return None
+
     async def _embed(self, request: Any, path: str, data: dict[str, Any]) -> Any:
         """Answer an embedding request text by text, asking the runtime only for new texts."""
         from aiohttp import web
@@ -169,22 +181,31 @@ class ReplyCache:
         options = {k: v for k, v in data.items() if k != "input"}
         prefix = path + "\n" + json.dumps(options, sort_keys=True) + "\n"
         keys = [prefix + t for t in texts]
-        new = [t for k, t in zip(keys, texts, strict=True) if k not in self.vectors]
-        new = list(dict.fromkeys(new))
+        # Texts another request is fetching right now are awaited, not fetched twice: two
+        # kernels that start the same exercise together embed the handbook once.
+        waits = {self.pending[k] for k in keys if k not in self.vectors and k in self.pending}
+        for other in waits:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(other)
+        new = list(
+            dict.fromkeys(t for k, t in zip(keys, texts, strict=True) if k not in self.vectors)
+        )
         self.hits += len(texts) - len(new)
         if new:
             self.misses += len(new)
-            body = json.dumps({**options, "input": new}).encode()
-            status, ctype, content = await self._upstream(request, body)
-            if status != 200:
-                return web.Response(status=status, body=content, headers={"Content-Type": ctype})
-            answer = json.loads(content)
-            if path == "/api/embed":
-                vectors = answer["embeddings"]
-            else:
-                vectors = [d["embedding"] for d in sorted(answer["data"], key=lambda d: d["index"])]
-            for text, vector in zip(new, vectors, strict=True):
-                self.vectors[prefix + text] = vector
+            future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            for text in new:
+                self.pending[prefix + text] = future
+            try:
+                error = await self._fetch_vectors(request, path, prefix, options, new)
+            finally:
+                for text in new:
+                    self.pending.pop(prefix + text, None)
+                future.set_result(None)  # waiters look again (and fetch what is still missing)
+            if error is not None:
+                return web.Response(
+                    status=error[0], body=error[2], headers={"Content-Type": error[1]}
+                )
         vectors = [self.vectors[k] for k in keys]
         model = data.get("model", "")
         if path == "/api/embed":
@@ -195,6 +216,12 @@ class ReplyCache:
             ]
             reply = {"object": "list", "data": items, "model": model, "usage": _usage(texts)}
         return web.json_response(reply)
+
+
+def _vectors(path: str, answer: dict[str, Any]) -> list[Any]:
+    if path == "/api/embed":
+        return list(answer["embeddings"])
+    return [d["embedding"] for d in sorted(answer["data"], key=lambda d: d["index"])]
 
 
 def _usage(texts: list[str]) -> dict[str, int]:

@@ -12,6 +12,7 @@ import os
 import shutil
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,22 @@ def test_embeddings_are_cached_text_by_text(
     data = requests.post(url + "/v1/embeddings", json=body, timeout=60).json()["data"]
     assert [d["index"] for d in data] == [0, 1, 2]
     assert all(_close(d["embedding"], v) for d, v in zip(data, first, strict=True))
+
+
+def test_two_kernels_embedding_the_same_texts_at_once_embed_them_once(
+    rt: discovery.Runtime, cache: tuple[ReplyCache, str]
+) -> None:
+    replies, url = cache
+    texts = [f"Policy {n}: leave is booked in the HR portal, {n} days ahead." for n in range(24)]
+    body = {"model": rt.embed_model, "input": texts}
+
+    def embed(_: int) -> list[list[float]]:
+        return list(requests.post(url + "/api/embed", json=body, timeout=120).json()["embeddings"])
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        first, second, third = pool.map(embed, range(3))
+    assert first == second == third and len(first) == len(texts)
+    assert (replies.misses, replies.hits) == (len(texts), 2 * len(texts))
 
 
 def test_only_seeded_temperature_zero_replies_are_cached(
