@@ -276,6 +276,10 @@ def model_bound(args: argparse.Namespace, sandbox: bool, url: str) -> None:
                 )
                 runs[cache, workers] = report
                 totals = sorted({r["total"] for r in report.results if r["learner"] != "untouched"})
+                for r in report.results:  # say why a solution lost points (runtime, limits…)
+                    if r["learner"] != "untouched" and r["total"] < report.exercise.possible:
+                        lost = [t["name"] for t in r["tests"] if t["status"] != "passed"]
+                        print(f"  {r['learner']}: {r['status']} lost {lost}; {r['notes'][:2]}")
                 print(
                     f"{exercise}: cache={cache} workers={workers}: "
                     f"{report.grading_seconds:.1f} s for {len(report.results)} notebooks, "
