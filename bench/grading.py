@@ -1,10 +1,17 @@
-"""Benchmark the grader: kernel start, per-notebook overhead, and 2 workers against 1.
+"""Benchmark the grader: kernel start, per-notebook overhead, 2 workers against 1, and
+model-bound classes (the course's real exercises) with and without the reply cache.
 
 Run (as root, for the sandbox; the runtime must be up): .venv/bin/python bench/grading.py
-Options: --rounds N (default 2), --no-sandbox (grade without isolation, e.g. not as root).
+Options: --rounds N (default 2), --no-sandbox (grade without isolation, e.g. not as root),
+--exercises 01,02,03,04 (model-bound classes to grade; "" for none), --copies N (learners
+per model-bound class, default 6), --skip-overhead (only the model-bound classes).
 
 Goals: per-notebook overhead besides model time ≤ 0.5 s (trivial notebooks: kernel start,
-cells, tests, feedback); 2 workers grade the same 20 notebooks ≥ 1.6x faster than 1.
+cells, tests, feedback); 2 workers grade the same 20 notebooks ≥ 1.6x faster than 1; a class
+of 300 graded on 2 cores in ≤ 10 min (ex01, ex04) and ≤ 30 min (ex02, ex03). The class is
+copies of the solution plus one untouched notebook: every learner asks the same questions,
+which is the cache's best case (learners who write different prompts or chunks hit less);
+the projection for 300 is one cold notebook plus 299 cached ones at the measured speed-up.
 Timings depend on what else runs on the machine: the load average is printed with them.
 """
 
@@ -23,8 +30,14 @@ import nbformat
 
 from labkit import discovery
 from labkit.grader import assign, grading
+from labkit.grader.kernels import _Worker
+from labkit.grader.report import _write_outputs
+from labkit.grader.sandbox import _needed_paths, _reachability_covers
+from labkit.grader.users import _grading_user
 
-DATA = Path(__file__).resolve().parent.parent / "tests" / "data" / "grading"
+PROJECT = Path(__file__).resolve().parent.parent
+DATA = PROJECT / "tests" / "data" / "grading"
+GOALS = {"01": 600.0, "02": 1800.0, "03": 1800.0, "04": 600.0}  # seconds for a class of 300
 TOY = DATA / "masters" / "toy.ipynb"
 
 
@@ -87,15 +100,18 @@ def kernel_start_forked(runs: int, sandbox: bool, key: Path) -> float:
     grading.SCRATCH_BASE.mkdir(mode=0o711, exist_ok=True)
     run_dir = tempfile.mkdtemp(prefix="run-", dir=grading.SCRATCH_BASE)
     os.chmod(run_dir, 0o711)
-    settings = grading.Settings(exercise=exercise, runtime_url="", sandbox=sandbox, run_dir=run_dir)
-    settings.reach = grading._reachability_covers(grading._needed_paths())
+    url = discovery.find_runtime().url
+    settings = grading.Settings(
+        exercise=exercise, runtime_url=url, sandbox=sandbox, run_dir=run_dir
+    )
+    settings.reach = _reachability_covers(_needed_paths())
     slots = grading.Slots(1)
     number = slots.numbers[0]
-    users = [grading._grading_user(2 * number + k) for k in (0, 1)]
+    users = [_grading_user(2 * number + k) for k in (0, 1)]
     if not sandbox:
         me = (os.getuid(), os.getgid(), "me")
         users = [me, me]
-    worker = grading._Worker(settings, users)
+    worker = _Worker(settings, users)
     times = []
 
     async def one() -> None:
@@ -118,7 +134,18 @@ def kernel_start_forked(runs: int, sandbox: bool, key: Path) -> float:
     return statistics.median(times)
 
 
-def grade_timed(subs: Path, key: Path, out: Path, url: str, workers: int, sandbox: bool) -> Any:
+def grade_timed(
+    subs: Path,
+    key: Path,
+    out: Path,
+    url: str,
+    workers: int,
+    sandbox: bool,
+    *,
+    cache: bool = True,
+    root: Path | None = None,
+    timeout: float = 60,
+) -> Any:
     """Grade everything again; (seconds, report)."""
     start = time.perf_counter()
     report = grading.grade(
@@ -127,11 +154,12 @@ def grade_timed(subs: Path, key: Path, out: Path, url: str, workers: int, sandbo
         out,
         runtime_url=url,
         workers=workers,
-        timeout=60,
+        timeout=timeout,
         regrade=True,
         sandbox=sandbox,
+        cache=cache,
         key_path=key,
-        root=key.parent.parent.parent,
+        root=root or key.parent.parent.parent,
         progress=False,
         say=lambda _: None,
     )
@@ -143,14 +171,8 @@ def row(name: str, value: str, goal: str = "", verdict: str = "") -> None:
     print(f"{name:<52} {value:>10}  {goal:<9} {verdict}")
 
 
-def main() -> None:
-    """Measure, then print every figure next to its goal."""
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--no-sandbox", action="store_true")
-    args = parser.parse_args()
-    sandbox = not args.no_sandbox
-    url = discovery.find_runtime(start=True).url
+def overhead(args: argparse.Namespace, sandbox: bool, url: str) -> None:
+    """Kernel start, per-notebook overhead and the 2-worker speed-up, on model-free notebooks."""
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="labkit-bench-") as tmp:
         base = Path(tmp)
@@ -168,7 +190,7 @@ def main() -> None:
         )
         per_notebook = statistics.median(r["seconds"] for r in report.results)
         start = time.perf_counter()
-        grading._write_outputs(base / "trivial-out", report.exercise, report.results, "bench")
+        _write_outputs(base / "trivial-out", report.exercise, report.results, "bench")
         feedback = (time.perf_counter() - start) / len(report.results)
 
         # The same 20 notebooks with 1 and 2 workers, alternating to spread the noise.
@@ -220,6 +242,129 @@ def main() -> None:
         f"grading phase: 1 worker {[round(x, 1) for x in one_phase]}, "
         f"2 workers {[round(x, 1) for x in two_phase]}"
     )
+
+
+def model_bound(args: argparse.Namespace, sandbox: bool, url: str) -> None:
+    """The course's exercises: seconds per submission, cached or not, 1 or 2 workers, 300."""
+    names = [n.strip() for n in args.exercises.split(",") if n.strip()]
+    if not names:
+        return
+    rows: list[tuple[str, ...]] = []
+    load_before = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory(prefix="labkit-bench-model-") as tmp:
+        base = Path(tmp)
+        for name in names:
+            key = grading.find_key(PROJECT, name)
+            exercise = key.stem
+            subs = base / exercise
+            subs.mkdir()
+            for n in range(args.copies):
+                shutil.copy(
+                    PROJECT / "solutions" / f"{exercise}.ipynb", subs / f"solved-{n:02d}.ipynb"
+                )
+            shutil.copy(PROJECT / "exercises" / f"{exercise}.ipynb", subs / "untouched.ipynb")
+            runs: dict[tuple[bool, int], Any] = {}
+            plan = [(True, 1), (True, 2), (True, 4), *((True, n) for n in args.more_workers)]
+            if not args.no_cold:
+                plan.insert(0, (False, 1))
+            if args.uncached_two:
+                plan.append((False, 2))
+            for cache, workers in plan:
+                out = base / f"{exercise}-{cache}-{workers}"
+                _, report = grade_timed(
+                    subs, key, out, url, workers, sandbox, cache=cache, root=PROJECT, timeout=180
+                )
+                runs[cache, workers] = report
+                totals = sorted({r["total"] for r in report.results if r["learner"] != "untouched"})
+                for r in report.results:  # say why a solution lost points (runtime, limits…)
+                    if r["learner"] != "untouched" and r["total"] < report.exercise.possible:
+                        lost = [t["name"] for t in r["tests"] if t["status"] != "passed"]
+                        print(f"  {r['learner']}: {r['status']} lost {lost}; {r['notes'][:2]}")
+                print(
+                    f"{exercise}: cache={cache} workers={workers}: "
+                    f"{report.grading_seconds:.1f} s for {len(report.results)} notebooks, "
+                    f"solution scores {totals} of {report.exercise.possible:g}",
+                    flush=True,
+                )
+            cold = runs.get((False, 1), runs[True, 1])
+            warm = runs[True, 2]
+            per_cold = statistics.median(r["seconds"] for r in cold.results)
+            if args.no_cold:  # the cached run's first notebook is the one that filled it
+                per_cold = cold.result("solved-00")["seconds"]
+            per_warm = statistics.median(
+                r["seconds"] for r in runs[True, 1].results if r["learner"] != "solved-00"
+            )
+            same = all(_scores(runs[k]) == _scores(cold) for k in runs)
+            # 300 learners: one cold notebook fills the cache, the other 299 run warm, as fast
+            # as the workers went together on this class (the speed-up measured, not assumed).
+            one_worker = runs[True, 1].grading_seconds
+            projected = per_cold + 299 * per_warm / max(1.0, one_worker / warm.grading_seconds)
+            most = max(w for _, w in runs)  # the most kernels tried on these 2 cores
+            four = per_cold + 299 * per_warm / max(
+                1.0, one_worker / runs[True, most].grading_seconds
+            )
+            goal = GOALS.get(exercise[:2], 0.0)
+            rows.append(
+                (
+                    exercise,
+                    f"{per_cold:.1f}",
+                    f"{per_warm:.1f}",
+                    f"{runs[True, 1].grading_seconds:.0f}",
+                    f"{warm.grading_seconds:.0f}",
+                    f"{runs[True, 1].grading_seconds / warm.grading_seconds:.2f}x",
+                    f"{projected / 60:.1f} min",
+                    f"{four / 60:.1f} min",
+                    f"{goal / 60:.0f} min",
+                    "met" if min(projected, four) <= goal else "NOT met",
+                    "yes" if same else "NO",
+                )
+            )
+    load_after = os.getloadavg()[0]
+    print(
+        f"\nModel-bound classes ({args.copies} solved + 1 untouched each, "
+        f"{'sandboxed' if sandbox else 'no sandbox'}, load average {load_before:.1f} → "
+        f"{load_after:.1f})\n"
+    )
+    head = ("exercise", "s/nb cold", "s/nb cached", "1w cached", "2w cached", "2w/1w")
+    head += ("300 (2w)", "300 (most)", "goal", "verdict", "same scores")
+    widths = [20, 9, 11, 9, 9, 6, 9, 9, 7, 8, 11]
+    for line in (head, *rows):
+        print("  ".join(f"{c:>{w}}" for c, w in zip(line, widths, strict=True)))
+    print(
+        "\ns/nb: median seconds per notebook in a worker (cold: no cache; cached: the class's "
+        "later notebooks); 1w/2w: grading phase with 1 or 2 workers, cache on; 300 (2w): "
+        "one cold notebook plus 299 cached ones at the speed-up the 2 workers reached over 1 "
+        "(most: the most kernels tried on the same 2 cores, 4 unless --more-workers, for tests "
+        "that mostly wait); same scores: every run gave every "
+        "learner the scores of the uncached run."
+    )
+
+
+def _scores(report: Any) -> dict[str, Any]:
+    return {r["learner"]: r["scores"] for r in report.results}
+
+
+def main() -> None:
+    """Measure, then print every figure next to its goal."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--no-sandbox", action="store_true")
+    parser.add_argument("--exercises", default="01,02,03,04")
+    parser.add_argument("--copies", type=int, default=6)
+    parser.add_argument("--skip-overhead", action="store_true")
+    parser.add_argument("--uncached-two", action="store_true", help="also 2 workers, no cache")
+    parser.add_argument(
+        "--more-workers", type=int, nargs="*", default=[], help="also try these worker counts"
+    )
+    parser.add_argument(
+        "--no-cold", action="store_true", help="skip the uncached run (scores compared cached)"
+    )
+    args = parser.parse_args()
+    sandbox = not args.no_sandbox
+    url = discovery.find_runtime().url
+    if not args.skip_overhead:
+        overhead(args, sandbox, url)
+    model_bound(args, sandbox, url)
 
 
 if __name__ == "__main__":

@@ -130,9 +130,9 @@ def cmd_assign(args: argparse.Namespace) -> int:
 
 def cmd_grade(args: argparse.Namespace) -> int:
     """Grade a folder of submitted notebooks in isolated kernels."""
-    from labkit.grader import grading
+    from labkit.grader import cli
 
-    return grading.cli(args)
+    return cli.cli(args)
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -170,10 +170,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     grader = add("assign", cmd_assign), add("grade", cmd_grade)
     if command in (None, "assign", "grade"):
         # The grader's options need the grader; other commands should not pay for loading it.
-        from labkit.grader import assign, grading
+        from labkit.grader import assign, cli
 
         assign.add_arguments(grader[0])
-        grading.add_arguments(grader[1])
+        cli.add_arguments(grader[1])
     return parser
 
 

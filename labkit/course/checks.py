@@ -284,16 +284,21 @@ def run_test(
             result.hint = str(test.get("failure_message") or "")
     except NotImplementedYet as exc:
         result.status = NOT_DONE
-        result.message = _clip(str(exc)) or f"{question} is not implemented yet."
+        result.message = f"{question} is not implemented yet."
+        if not hidden:
+            result.message = _clip(str(exc)) or result.message
         result.hint = "Write the missing code, run its cell, then check again."
+        _forget(exc)
     except AssertionError as exc:
         result.status = FAILED
-        result.message = _clip(str(exc)) or (
-            "A hidden check failed."
-            if hidden
-            else f"This check failed: {_failing_line(exc.__traceback__, filename, str(test['code']))}"
-        )
+        if hidden:  # its text may be built from your values: only the test's verdict is shown
+            result.message = "A hidden check failed."
+        else:
+            result.message = _clip(str(exc)) or (
+                f"This check failed: {_failing_line(exc.__traceback__, filename, str(test['code']))}"
+            )
         result.hint = str(test.get("failure_message") or "")
+        _forget(exc)
     except KeyboardInterrupt:
         if not grading:
             raise  # you pressed stop: let the notebook stop
@@ -302,15 +307,46 @@ def run_test(
         result.hint = "Look for a loop that never ends, or a call that waits forever."
     except Exception as exc:
         result.status = ERROR
-        result.message = _clip(f"{type(exc).__name__}: {exc}")
-        if not hidden:
+        if hidden:  # an exception's text is whatever the code that raised it chose
+            result.message = f"The hidden test stopped with {safe_error_name(exc)}."
+            result.hint = str(test.get("failure_message") or "")
+        else:
+            result.message = _clip(f"{type(exc).__name__}: {exc}")
             where = _failing_line(exc.__traceback__, filename, str(test["code"]))
             result.message += f" (in the test line: {where})" if where else ""
-        result.hint = str(test.get("failure_message") or "") or _hint_for(exc)
+            result.hint = str(test.get("failure_message") or "") or _hint_for(exc)
+        _forget(exc)
     if result.status == PASSED:
         result.earned = result.points
         result.message = str(test.get("success_message") or "")
     return result
+
+
+def _forget(exc: BaseException) -> None:
+    """Drop what an exception's traceback holds: the test's frames and their locals.
+
+    Learner code may keep the exception it raised; without this it could walk from it
+    into the test's frames after the test ended.
+    """
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:  # a chain made into a loop still ends
+        seen.add(id(exc))
+        traceback.clear_frames(exc.__traceback__)
+        exc.__traceback__ = None
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+
+
+def safe_error_name(exc: BaseException) -> str:
+    """The exception's built-in or labkit class name, or "an error" (never its own text)."""
+    import builtins
+
+    import labkit.errors
+
+    name = type(exc).__name__
+    for module in (builtins, labkit.errors):
+        if getattr(module, name, None) is type(exc):
+            return name
+    return "an error"
 
 
 def _run_output_test(code: str, scope: dict[str, Any], filename: str) -> str:
@@ -395,13 +431,22 @@ def _hint_for(exc: BaseException) -> str:
 
 
 def grade_test(spec_json: str, namespace: dict[str, Any]) -> str:
-    """Run one test for the grader and return its outcome as JSON (used over the kernel)."""
+    """Run one test for the grader and return its outcome as JSON (used over the kernel).
+
+    The tracebacks the test made are cleared afterwards, so code that runs later (the next
+    test, a thread) cannot walk back from them into the test's frames.
+    """
     spec = json.loads(spec_json)
-    result = run_test(
-        spec["test"],
-        namespace,
-        question=spec["question"],
-        placeholders=spec.get("placeholders", []),
-        grading=True,
-    )
+    del spec_json
+    try:
+        result = run_test(
+            spec["test"],
+            namespace,
+            question=spec["question"],
+            placeholders=spec.get("placeholders", []),
+            grading=True,
+        )
+    finally:
+        del spec
+        sys.last_type = sys.last_value = sys.last_traceback = None
     return json.dumps(asdict(result))

@@ -14,6 +14,8 @@ def test_embed_url_sends_embeddings_to_the_second_server(
 ) -> None:
     """Chat on llama.cpp's chat server, embeddings from its embedding server, as a learner would."""
     monkeypatch.setenv("LABKIT_BASE_URL", embedded.llama_url)
+    # The kit keeps its llama.cpp servers behind a key; a learner's own server may have one too.
+    monkeypatch.setenv("LABKIT_API_KEY", embedded.api_key)
     monkeypatch.setenv("LABKIT_EMBED_URL", embedded.embed_url + "/v1/")
     for name in ("LABKIT_CHAT_MODEL", "LABKIT_EMBED_MODEL_NAME"):
         monkeypatch.delenv(name, raising=False)

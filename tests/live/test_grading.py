@@ -8,12 +8,17 @@ running, submissions untouched, and re-runs that grade only what changed.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
+import io
 import json
 import os
 import shutil
+import socket
+import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +27,12 @@ import pytest
 
 from labkit import discovery
 from labkit.cli import main
-from labkit.course import checks
-from labkit.errors import LabkitError
 from labkit.grader import assign, grading
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "grading"
 TOY = DATA / "masters" / "toy.ipynb"
 SUBMISSIONS = DATA / "submissions"
+PROJECT = Path(__file__).resolve().parents[2]
 TIMEOUT = "3"  # seconds per cell: the hanging notebooks cost this much each
 
 
@@ -36,17 +40,42 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _fill(path: Path, targets: dict[str, Any]) -> None:
+    """Put the paths a probing notebook tries into its cells."""
+    nb = nbformat.read(str(path), as_version=4)
+    for cell in nb.cells:
+        cell.source = cell.source.replace("{{TARGETS}}", repr(targets))
+    nbformat.write(nb, str(path))
+
+
+def _host_address() -> str:
+    """This machine's first address that is not loopback (loopback if it has none)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # no packet is sent: this only picks a route
+            return str(probe.getsockname()[0])
+        except OSError:
+            return "127.0.0.1"
+
+
 @pytest.fixture(scope="module")
-def graded(tmp_path_factory: pytest.TempPathFactory, rt: discovery.Runtime) -> dict[str, Any]:
+def graded(
+    tmp_path_factory: pytest.TempPathFactory, rt: discovery.Runtime
+) -> Iterator[dict[str, Any]]:
     """Grade the toy class once through `labkit grade`; return where everything is."""
     if sys.platform != "linux" or os.geteuid() != 0:
         pytest.skip("the grading sandbox needs root on Linux")
     base = tmp_path_factory.mktemp("grading")
     root = base / "course"
     assign.assign([TOY], root, say=False)
-    subs = base / "class"
+    # The course is a git checkout whose history holds the key, as a real course's does.
+    git = ["git", "-C", str(root), "-c", "user.name=t", "-c", "user.email=t@example.org"]
+    subprocess.run(["git", "init", "-q", str(root)], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "course"], check=True)
+    subs = base / "class-7f3a"
     shutil.copytree(SUBMISSIONS, subs)
-    out = base / "class-grades"
+    out = base / "class-7f3a-grades"
     key = root / "grading/hidden/toy.json"
     targets = {
         "read": {
@@ -64,18 +93,39 @@ def graded(tmp_path_factory: pytest.TempPathFactory, rt: discovery.Runtime) -> d
             "grades": str(out / "snoop.txt"),
         },
     }
-    snoop = subs / "snoop.ipynb"
-    nb = nbformat.read(str(snoop), as_version=4)
-    for cell in nb.cells:
-        cell.source = cell.source.replace("{{TARGETS}}", repr(targets))
-    nbformat.write(nb, str(snoop))
-    before = {p.name: _sha(p) for p in subs.iterdir()}
+    _fill(subs / "snoop.ipynb", targets)
+    looked_at = {
+        "project": str(PROJECT),
+        "checkouts": str(PROJECT.parent),
+        "course_dir": str(root),
+        "home": "/home",
+        "scratch_base": str(grading.SCRATCH_BASE),
+    }
+    git_targets = {
+        "git_course": [str(root), "HEAD:grading/hidden/toy.json"],
+        "git_project": [str(PROJECT), "HEAD:grading/hidden/01-api-script.json"],
+    }
+    _fill(subs / "gitkey.ipynb", {"git": git_targets, "ls": looked_at})
+    _fill(subs / "neighbours.ipynb", {"class_name": subs.name, "ls": looked_at})
+    # Another service on this machine, on every address: kernels must not reach it.
+    service = socket.create_server(("0.0.0.0", 0))
+    port = service.getsockname()[1]
+    tcp = {
+        "other_local": ["127.0.0.1", port],
+        "host_address": [_host_address(), port],
+        "public": ["1.1.1.1", 53],
+    }
+    _fill(subs / "netprobe.ipynb", {"tcp": tcp})
+    before = {str(p.relative_to(subs)): _sha(p) for p in subs.rglob("*") if p.is_file()}
     args = ["grade", str(subs), "--exercise", "toy", "--root", str(root), "--quiet"]
     args += ["--timeout", TIMEOUT, "--workers", "2", "--runtime", rt.url]
-    assert main(args) == 0
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(args) == 0
+    service.close()
     state = json.loads((out / "state.json").read_text())
     rows = list(csv.DictReader((out / "gradebook.csv").open()))
-    return {
+    yield {
         "root": root,
         "subs": subs,
         "out": out,
@@ -84,7 +134,19 @@ def graded(tmp_path_factory: pytest.TempPathFactory, rt: discovery.Runtime) -> d
         "state": state,
         "rows": {r["learner"]: r for r in rows},
         "args": args,
+        "printed": printed.getvalue(),
     }
+
+
+def _probe(graded: dict[str, Any], learner: str, tag: str) -> dict[str, Any]:
+    """What a probing notebook printed (JSON after its tag)."""
+    executed = nbformat.read(str(graded["out"] / f"executed/{learner}.ipynb"), as_version=4)
+    printed = "".join(
+        o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.outputs
+    )
+    line = next(x for x in printed.splitlines() if x.startswith(tag + " "))
+    seen: dict[str, Any] = json.loads(line.removeprefix(tag + " "))
+    return seen
 
 
 EXPECTED = {  # learner: (q1, q2, q3, total, status)
@@ -98,7 +160,20 @@ EXPECTED = {  # learner: (q1, q2, q3, total, status)
     "killer": ("2", "2", "0", "4", "kernel-died"),
     "invalid": ("0", "0", "0", "0", "invalid-notebook"),
     "snoop": ("3", "0", "0", "3", "ok"),
+    # hostile ones
+    "gitkey": ("0", "0", "0", "0", "ok"),
+    "stackwalk": ("2", "1", "0", "3", "ok"),
+    "neighbours": ("0", "0", "0", "0", "ok"),
+    "netprobe": ("0", "0", "2", "2", "ok"),
+    # entries of the folder: graded under a name, or a row that says why not
+    "Carol": ("3", "2", "2", "7", "ok"),
+    ".hidden.ipynb": ("0", "0", "0", "0", "not-graded, hidden-name"),
+    "twobooks": ("0", "0", "0", "0", "not-graded, several-notebooks"),
+    "dup": ("0", "0", "0", "0", "not-graded, duplicate-name"),
+    "dup.ipynb": ("0", "0", "0", "0", "not-graded, duplicate-name"),
+    "notes.txt": ("0", "0", "0", "0", "not-graded, not-a-notebook"),
 }
+GRADED = 15  # entries that were notebooks the grader could run
 
 
 def test_gradebook_gives_partial_credit_and_a_status(graded: dict[str, Any]) -> None:
@@ -153,20 +228,21 @@ def test_pass_rates_table_and_plot(graded: dict[str, Any]) -> None:
     rows = list(csv.DictReader((graded["out"] / "pass_rates.csv").open()))
     rates = {r["test"]: (int(r["passed"]), int(r["graded"])) for r in rows}
     assert rates == {
-        "q1.1": (8, 10),
-        "q1.2": (8, 10),
-        "q1.3": (7, 10),
-        "q2.1": (7, 10),
-        "q2.2": (6, 10),
-        "q3.1": (1, 10),
-        "q3.2": (1, 10),
+        "q1.1": (10, GRADED),
+        "q1.2": (10, GRADED),
+        "q1.3": (8, GRADED),
+        "q2.1": (9, GRADED),
+        "q2.2": (7, GRADED),
+        "q3.1": (3, GRADED),
+        "q3.2": (3, GRADED),
     }
     png = (graded["out"] / "pass_rates.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 5000
 
 
 def test_submissions_are_unchanged(graded: dict[str, Any]) -> None:
-    after = {p.name: _sha(p) for p in graded["subs"].iterdir()}
+    subs = graded["subs"]
+    after = {str(p.relative_to(subs)): _sha(p) for p in subs.rglob("*") if p.is_file()}
     assert after == graded["before"]
 
 
@@ -183,12 +259,7 @@ def test_no_kernel_or_process_is_left(graded: dict[str, Any]) -> None:
 
 
 def test_learner_code_is_isolated(graded: dict[str, Any]) -> None:
-    executed = nbformat.read(str(graded["out"] / "executed/snoop.ipynb"), as_version=4)
-    printed = "".join(
-        o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.outputs
-    )
-    line = next(x for x in printed.splitlines() if x.startswith("SNOOP "))
-    seen = json.loads(line.removeprefix("SNOOP "))
+    seen = _probe(graded, "snoop", "SNOOP")
     assert seen["uid"] != 0
     for name in ("key", "other", "gradebook", "solutions", "shadow", "root_home"):
         assert seen[name].startswith("DENIED"), (name, seen[name])
@@ -201,6 +272,77 @@ def test_learner_code_is_isolated(graded: dict[str, Any]) -> None:
     assert not Path(graded["targets"]["write"]["project"]).exists()
     assert not (graded["out"] / "snoop.txt").exists()
     assert (graded["out"].stat().st_mode & 0o777) == 0o700
+
+
+def test_every_entry_gets_a_row_and_the_skipped_are_named(graded: dict[str, Any]) -> None:
+    entries = [p for p in graded["subs"].iterdir()]
+    assert len(graded["rows"]) == len(entries)  # nothing dropped in silence
+    printed = graded["printed"]
+    for entry in (".hidden.ipynb", "twobooks", "dup.ipynb", "dup/", "notes.txt"):
+        assert f"Not graded: {entry}:" in printed, entry
+    assert "Carol" not in printed  # .IPYNB is a notebook: graded, not skipped
+    assert "two notebooks" not in printed and "2 notebooks (draft.ipynb, final.ipynb)" in printed
+    assert "5 not graded" in printed
+    notes = graded["rows"]["dup"]["notes"]
+    assert "dup/ and dup.ipynb both name learner 'dup'" in notes
+
+
+def test_the_key_is_not_readable_through_git(graded: dict[str, Any]) -> None:
+    # The course's history does hold the key, where the instructor runs git.
+    shown = subprocess.run(
+        ["git", "-C", str(graded["root"]), "show", "HEAD:grading/hidden/toy.json"],
+        capture_output=True,
+        check=True,
+    )
+    assert b"square(1.5)" in shown.stdout
+    seen = _probe(graded, "gitkey", "GITKEY")
+    assert seen["git_course"].startswith("DENIED"), seen["git_course"]
+    assert seen["git_project"].startswith("DENIED"), seen["git_project"]
+    # Of the checkout that holds labkit, the kernel sees labkit and its public data only.
+    beside = {PROJECT.name}
+    if PROJECT.parent == grading.SCRATCH_BASE.parent:  # a checkout right in /tmp
+        beside.add(grading.SCRATCH_BASE.name)
+    assert set(seen["checkouts"]) == beside
+    kept = _probe(graded, "neighbours", "NEIGHBOURS")["project"]
+    assert set(kept) <= {"labkit", "data", ".venv"} and "labkit" in kept, kept
+    assert seen["course_dir"].startswith("DENIED") and seen["home"] in (
+        [],
+        "DENIED FileNotFoundError",
+    )
+
+
+def test_hidden_test_code_never_reaches_feedback(graded: dict[str, Any]) -> None:
+    text = (graded["out"] / "feedback" / "stackwalk.md").read_text()
+    assert "LEAK" not in text and "square_works_for_floats" not in text
+    assert "q1.3 (hidden test)" in text and "The hidden test stopped with an error." in text
+    assert "A hidden check failed." in text  # q2.2: its AssertionError text is not shown
+    # q3.1 is public, but its message would quote what the hidden tests held: withheld.
+    assert "quoted hidden test code and was withheld" in text
+    for path in (graded["out"] / "feedback").glob("*.md"):
+        assert "LEAK" not in path.read_text(), path.name
+    assert "LEAK" not in (graded["out"] / "gradebook.csv").read_text()
+
+
+def test_a_kernel_sees_only_its_own_work(graded: dict[str, Any]) -> None:
+    seen = _probe(graded, "neighbours", "NEIGHBOURS")
+    assert seen["owners"] == [seen["uid"]]  # no process of anyone else, the grader included
+    assert not seen["grader_seen"] and not seen["pytest_seen"]
+    assert seen["scratch_siblings"] == [seen["own_scratch"]]  # no other learner's scratch
+    allowed = {grading.SCRATCH_BASE.name}
+    if PROJECT.is_relative_to("/tmp"):  # a checkout under /tmp: the way to labkit stays
+        allowed.add(PROJECT.relative_to("/tmp").parts[0])
+    assert set(seen["tmp"]) == allowed
+    assert len(seen["scratch_base"]) == 1  # its own run's folder only
+    assert "submission.ipynb" in seen["scratch_files"]
+    assert seen["course_dir"].startswith("DENIED")
+
+
+def test_a_kernel_reaches_the_runtime_and_nothing_else(graded: dict[str, Any]) -> None:
+    seen = _probe(graded, "netprobe", "NET")
+    assert seen["runtime"] == 200
+    for name in ("other_local", "host_address", "public"):
+        assert seen[name].startswith("BLOCKED"), (name, seen[name])
+    assert graded["rows"]["netprobe"]["q3"] == "2"  # its model calls were graded live
 
 
 def test_check_shows_rich_and_plain_feedback_in_a_kernel(graded: dict[str, Any]) -> None:
@@ -240,35 +382,6 @@ def test_regrading_only_what_changed(graded: dict[str, Any], rt: discovery.Runti
     assert changed.result("loop")["total"] == 5  # reused from the first run
 
 
-def test_regrade_selects_everything() -> None:
-    found = [grading.Submission("a", Path("a.ipynb"), "1"), grading.Submission("b", Path("b"), "2")]
-    previous = {"a": {"sha256": "1"}, "b": {"sha256": "old"}}
-    assert [s.learner for s in grading.to_grade(found, previous)] == ["b"]
-    assert [s.learner for s in grading.to_grade(found, previous, regrade=True)] == ["a", "b"]
-
-
-def test_finding_keys_and_submissions(tmp_path: Path) -> None:
-    keys = tmp_path / assign.KEY_DIR
-    keys.mkdir(parents=True)
-    for name in ("01-apis", "02-prompting"):
-        (keys / f"{name}.json").write_text("{}")
-    assert grading.find_key(tmp_path, "1").stem == "01-apis"
-    assert grading.find_key(tmp_path, "02-prompting").stem == "02-prompting"
-    with pytest.raises(LabkitError, match="available: 01-apis, 02-prompting"):
-        grading.find_key(tmp_path, "7")
-    (tmp_path / "subs/bob").mkdir(parents=True)
-    (tmp_path / "subs/alice.ipynb").write_text("{}")
-    (tmp_path / "subs/bob/ex.ipynb").write_text("{}")
-    (tmp_path / "subs/notes.txt").write_text("")
-    found = grading.find_submissions(tmp_path / "subs")
-    assert [(s.learner, s.path.name) for s in found] == [
-        ("alice", "alice.ipynb"),
-        ("bob", "ex.ipynb"),
-    ]
-    with pytest.raises(LabkitError, match="not a folder"):
-        grading.find_submissions(tmp_path / "nowhere")
-
-
 def test_grading_without_sandbox(tmp_path: Path, rt: discovery.Runtime) -> None:
     """--no-sandbox runs the same grading as the current user (trusted notebooks only)."""
     root = tmp_path / "course"
@@ -289,88 +402,3 @@ def test_grading_without_sandbox(tmp_path: Path, rt: discovery.Runtime) -> None:
         say=lambda _: None,
     )
     assert [(r["learner"], r["total"]) for r in report.results] == [("invalid", 0), ("perfect", 7)]
-
-
-def test_sandbox_refuses_to_run_without_root(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(os, "geteuid", lambda: 1000)
-    exercise = assign.parse_master(TOY).exercise
-    with pytest.raises(LabkitError, match=r"needs root on Linux.*--no-sandbox"):
-        grading.grade(tmp_path, exercise, tmp_path / "out", runtime_url="http://127.0.0.1:9")
-    assert not (tmp_path / "out").exists()
-
-
-# ------------------------------------------------------------------ check() in-process
-
-
-@pytest.fixture
-def toy_checks(tmp_path: Path) -> None:
-    assign.assign([TOY], tmp_path, say=False)
-    checks.use_tests(tmp_path / "exercises/tests/toy.json")
-
-
-def test_check_passes_a_correct_answer(toy_checks: None) -> None:
-    def square(x: float) -> float:
-        return x * x
-
-    result = checks._check("q1", {"square": square})
-    assert result.passed and bool(result)
-    assert (result.score, result.possible, result.hidden_tests) == (2.0, 2.0, 1)
-    assert "q1: 2 of 2 tests passed" in repr(result)
-    assert "labkit-check" in result._repr_html_()
-
-
-def test_check_explains_a_wrong_answer(toy_checks: None) -> None:
-    result = checks._check("q1", {"square": lambda x: x + x})
-    output_test, function_test = result.results
-    assert output_test.status == "failed"
-    assert output_test.message == "Expected 9, got 6."
-    assert function_test.status == "failed"
-    assert function_test.message == "square(-2) should be 4"  # the author's own words
-    assert not result.passed and result.score == 0
-
-
-def test_check_names_common_mistakes(toy_checks: None) -> None:
-    missing = checks._check("q1", {})
-    assert missing.results[0].status == "error"
-    assert "run the cell that defines it" in missing.results[0].hint
-    todo = checks._check("q2", {"greeting": ...})
-    assert todo.results[0].status == "not-implemented"
-    assert "`greeting` is still `...`" in todo.results[0].message
-    assert "not implemented yet" in repr(todo)
-
-    def unfinished(x: float) -> float:
-        raise checks.NotImplementedYet("q1 is not written yet: replace this line")
-
-    stub = checks._check("q1", {"square": unfinished})
-    assert {r.status for r in stub.results} == {"not-implemented"}
-    with pytest.raises(LabkitError, match="no question 'q9'"):
-        checks._check("q9", {})
-
-
-def test_check_runs_on_a_copy_of_your_variables(toy_checks: None) -> None:
-    namespace: dict[str, Any] = {"greeting": "hello", "shout": lambda t: t.upper() + "!"}
-    checks._check("q2", namespace)
-    assert set(namespace) == {"greeting", "shout"}  # the test's own names did not leak in
-
-
-def test_grade_test_reports_hidden_failures_without_details() -> None:
-    spec = {
-        "question": "q1",
-        "placeholders": [],
-        "test": {
-            "name": "q1.9",
-            "code": "x",
-            "kind": "output",
-            "expected": "42\n",
-            "points": 2.0,
-            "hidden": True,
-            "description": "secret",
-        },
-    }
-    outcome = json.loads(checks.grade_test(json.dumps(spec), {"x": 41}))
-    assert outcome["status"] == "failed" and outcome["earned"] == 0
-    assert "42" not in outcome["message"] and "41" not in outcome["message"]
-    outcome = json.loads(checks.grade_test(json.dumps(spec), {"x": 42}))
-    assert outcome["status"] == "passed" and outcome["earned"] == 2.0

@@ -332,7 +332,7 @@ def test_course_exercises_match_their_masters() -> None:
 
 
 def test_a_hole_in_a_function_with_a_multiline_signature_raises_not_implemented() -> None:
-    from labkit.grader.assign import _inside_function
+    from labkit.grader.versions import _inside_function
 
     cell = [
         "def robust_chat(",
@@ -344,3 +344,25 @@ def test_a_hole_in_a_function_with_a_multiline_signature_raises_not_implemented(
     ]
     assert _inside_function(cell, 4)
     assert not _inside_function(cell, 5)
+
+
+def test_manual_questions_keep_their_points(tmp_path: Path) -> None:
+    master = _master(
+        tmp_path,
+        [
+            ("raw", "# BEGIN QUESTION\nname: q1\npoints: 2"),
+            ("code", "x = 1"),
+            ("raw", "# BEGIN TESTS"),
+            ("code", "assert x == 1"),
+            ("raw", "# END TESTS"),
+            ("raw", "# END QUESTION"),
+            ("raw", "# BEGIN QUESTION\nname: q2\nmanual: true\npoints: 3"),
+            ("md", "Explain your choice."),
+            ("raw", "# END QUESTION"),
+        ],
+    )
+    exercise = assign.parse_master(master).exercise
+    assert exercise.question("q2").points == 3.0  # worth what the master says
+    assert exercise.possible == 2.0  # automatic grading still counts only q1
+    public = {q["name"]: q for q in exercise.to_public()["questions"]}
+    assert public["q2"]["points"] == 3.0 and public["q2"]["manual"]

@@ -46,7 +46,7 @@ def test_client_health_and_runtime_share_the_rule() -> None:
     import inspect
 
     from labkit import client, health
-    from labkit.runtime import ollama_api
+    from labkit.runtime import catalog
 
-    for module in (client, health, ollama_api):
+    for module in (client, health, catalog):
         assert "match_model(" in inspect.getsource(module), module.__name__

@@ -1,0 +1,400 @@
+"""Kernels: a zygote forks each one in milliseconds; a worker keeps the next one ready."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from labkit.grader.network import forward_into
+from labkit.grader.sandbox import _covers, _kernel_env, _limits, enter_sandbox
+from labkit.grader.settings import GradingError, Settings
+from labkit.grader.users import kill_user_processes
+
+__all__ = ["FLOOD_BYTES", "KEEP_BYTES", "PRELOAD", "START_ERROR"]
+
+
+FLOOD_BYTES = 1_000_000  # output of one cell that counts as a flood (not kept, not re-run)
+
+
+KEEP_BYTES = 2_000_000  # output kept per notebook in executed/
+
+
+START_ERROR = "kernel-start-error.txt"  # written in the scratch folder if a kernel cannot start
+
+
+# Modules every kernel needs, loaded once by the zygote instead of once per notebook.
+PRELOAD = (
+    "IPython",
+    "ipykernel.kernelapp",
+    "ipykernel.ipkernel",
+    "labkit",
+    "labkit.course.checks",
+    "requests",
+    "numpy",
+)
+
+
+def _zygote_loop(requests: int, answers: int) -> None:
+    """Fork one kernel per request, forever (the zygote's whole life; runs as root).
+
+    Starting a kernel from scratch re-imports IPython, ipykernel and labkit, which takes
+    seconds; a fork of a process that already imported them starts one in milliseconds.
+    Requests arrive as JSON lines; the answer to each is the new kernel's pid.
+    """
+
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # kernels are reaped at once: no zombies
+    with os.fdopen(requests, "r") as incoming, os.fdopen(answers, "w") as outgoing:
+        while line := incoming.readline():
+            pid = os.fork()
+            if pid == 0:
+                _become_kernel(json.loads(line))
+            outgoing.write(json.dumps({"pid": pid}) + "\n")
+            outgoing.flush()
+
+
+def _become_kernel(request: dict[str, Any]) -> None:
+    """In the forked child: enter the sandbox, take the notebook's environment, run ipykernel."""
+
+    code = 0
+    try:
+        os.setsid()  # its own process group, so an interrupt reaches it and its children
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        os.closerange(3, 1024)  # nothing of the grader's stays open in the kernel
+        if request["sandbox"]:
+            enter_sandbox(request["sandbox"])
+        else:
+            os.chdir(request["cwd"])
+        os.environ.clear()
+        os.environ.update(request["env"], JPY_PARENT_PID=str(os.getppid()))
+        tempfile.tempdir = None  # recompute from TMPDIR, now the scratch folder
+        if "numpy" in sys.modules:  # forked kernels must not share random numbers
+            sys.modules["numpy"].random.seed()
+        from ipykernel.kernelapp import IPKernelApp
+
+        app = IPKernelApp.instance()
+        argv = ["-f", request["connection_file"], "--HistoryManager.enabled=False"]
+        app.initialize(argv)  # type: ignore[no-untyped-call]
+        app.start()  # type: ignore[no-untyped-call]
+    except BaseException:
+        code = 70
+        with contextlib.suppress(BaseException):  # leave the reason where the grader looks
+            import traceback
+
+            Path(request["cwd"], START_ERROR).write_text(traceback.format_exc())
+    finally:
+        os._exit(code)
+
+
+class _Zygote:
+    """A copy of the worker, made before it starts any thread, that forks the kernels."""
+
+    def __init__(self) -> None:
+        import importlib
+        import threading
+
+        for name in PRELOAD:
+            with contextlib.suppress(ImportError):
+                importlib.import_module(name)
+        if threading.active_count() != 1:  # forking a process with threads can deadlock
+            raise GradingError("The grading worker started threads before its kernel starter.")
+        requests, to_zygote = os.pipe()  # (read end, write end)
+        answers, from_zygote = os.pipe()
+        self.pid = os.fork()
+        if self.pid == 0:
+            code = 0
+            try:
+                for fd in range(3, 1024):  # keep only the two pipe ends this side uses
+                    if fd not in (requests, from_zygote):
+                        with contextlib.suppress(OSError):
+                            os.close(fd)
+                # Forget any event loop inherited from this process: its files are closed.
+                asyncio.set_event_loop_policy(None)
+                _zygote_loop(requests, from_zygote)
+            except BaseException:
+                code = 70
+            finally:
+                os._exit(code)
+        os.close(requests)
+        os.close(from_zygote)
+        self.requests = os.fdopen(to_zygote, "w")
+        self.answers = os.fdopen(answers, "r")
+
+    def fork(self, request: dict[str, Any]) -> int:
+        """Fork a kernel; its pid."""
+        self.requests.write(json.dumps(request) + "\n")
+        self.requests.flush()
+        answer = self.answers.readline()
+        if not answer:
+            raise GradingError("The kernel starter of this grading worker stopped.")
+        return int(json.loads(answer)["pid"])
+
+    def close(self) -> None:
+        """Stop the zygote (its kernels are stopped by the worker)."""
+        with contextlib.suppress(OSError):
+            self.requests.close()
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitpid(self.pid, 0)
+
+
+class _ForkedProcess:
+    """Just enough of ``Popen`` for jupyter_client to manage a kernel the zygote forked."""
+
+    stdin = stdout = stderr = None
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        """None while the kernel runs."""
+        if self.returncode is None and not _alive(self.pid):
+            self.returncode = 1  # its parent is the zygote: the real status is not ours
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait until the kernel has exited."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while (code := self.poll()) is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired("kernel", timeout or 0)
+            time.sleep(0.02)
+        return code
+
+    def send_signal(self, signum: int) -> None:
+        """Signal the kernel."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signum)
+
+    def kill(self) -> None:
+        """Kill the kernel."""
+        self.send_signal(9)
+
+    def terminate(self) -> None:
+        """Ask the kernel to stop."""
+        self.send_signal(15)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc (not Linux): ask the kernel instead
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    return stat_line.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def _kernel_classes() -> tuple[type[Any], type[Any]]:
+    """Provisioner and notebook client classes (imported late: they are heavy)."""
+    import nbformat
+    from jupyter_client.provisioning.local_provisioner import LocalProvisioner
+    from nbclient import NotebookClient
+
+    class ForkedProvisioner(LocalProvisioner):
+        """Gets its kernel from the worker's zygote instead of starting a new Python."""
+
+        zygote: _Zygote | None = None
+        sandbox: dict[str, Any] | None = None
+
+        async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> Any:
+            assert self.zygote is not None
+            km: Any = self.parent
+            pid = self.zygote.fork(
+                {
+                    "sandbox": self.sandbox,
+                    "env": kwargs["env"],
+                    "cwd": kwargs["cwd"],
+                    "connection_file": km.connection_file,
+                }
+            )
+            self.process = _ForkedProcess(pid)  # type: ignore[assignment]
+            self.pid = self.pgid = pid  # the kernel leads its own process group
+            self.cwd = kwargs["cwd"]
+            return self.connection_info
+
+    class GradingClient(NotebookClient):
+        """nbclient's runner that keeps a bounded amount of output.
+
+        A flooding cell is not interrupted here: an interrupt sent now could land in the
+        next cell. The cell's time limit stops an endless flood.
+        """
+
+        def __init__(self, nb: Any, km: Any, **kw: Any) -> None:
+            super().__init__(nb, km=km, **kw)
+            self.kept = 0
+            self.cell_bytes: dict[int, int] = {}
+            self.flooded: set[int] = set()
+            self.truncated = False
+
+        def output(self, outs: Any, msg: Any, display_id: Any, cell_index: int) -> Any:
+            size = _message_size(msg)
+            self.cell_bytes[cell_index] = self.cell_bytes.get(cell_index, 0) + size
+            if self.cell_bytes[cell_index] > FLOOD_BYTES:
+                self.flooded.add(cell_index)
+            if self.kept + size > KEEP_BYTES:
+                if not self.truncated:
+                    self.truncated = True
+                    text = "[labkit: further output was not kept]\n"
+                    note = nbformat.v4.new_output("stream", name="stderr", text=text)  # type: ignore[no-untyped-call]
+                    outs.append(note)
+                return None
+            self.kept += size
+            return super().output(outs, msg, display_id, cell_index)
+
+    return ForkedProvisioner, GradingClient
+
+
+def _message_size(msg: dict[str, Any]) -> int:
+    content = msg.get("content", {})
+    size = len(str(content.get("text", "")))
+    for value in (content.get("data") or {}).values():
+        size += len(value) if isinstance(value, str) else len(json.dumps(value))
+    size += sum(len(line) for line in content.get("traceback") or [])
+    return size
+
+
+@dataclass
+class _Kernel:
+    """A started kernel and the scratch folder it lives in."""
+
+    km: Any
+    scratch: Path
+    uid: int
+    gid: int
+    forwarder: Any = None  # the server that pipes its runtime port out of its network
+    embed_forwarder: Any = None  # the same for $LABKIT_EMBED_URL's server, when one is set
+
+
+class _Worker:
+    """One grading process: its users, its event loop and the kernel it started in advance."""
+
+    def __init__(self, settings: Settings, users: list[tuple[int, int, str]]) -> None:
+        import zmq.asyncio
+
+        self.settings = settings
+        self.users = users
+        self.turn = 0
+        self.zygote = _Zygote()  # first: before the event loop and zmq start threads
+        self.loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self.loop)
+        self.context = zmq.asyncio.Context()
+        self.next: asyncio.Task[_Kernel] | None = None
+
+    def user(self) -> tuple[int, int, str]:
+        """The next grading user in turn."""
+        self.turn += 1
+        return self.users[self.turn % len(self.users)]
+
+    async def start_kernel(self, user: tuple[int, int, str]) -> _Kernel:
+        """Fork a kernel for ``user`` in a new, empty scratch folder (does not wait for it)."""
+        from jupyter_client.manager import AsyncKernelManager
+
+        provisioner_class, _ = _kernel_classes()
+        uid, gid, name = user
+        scratch = Path(tempfile.mkdtemp(prefix="scratch-", dir=self.settings.run_dir))
+        km = AsyncKernelManager(
+            transport="ipc",  # sockets are files in the scratch folder: no one else connects
+            connection_file=str(scratch / "kernel.json"),
+            context=self.context,
+            kernel_name="python3",
+        )
+        km.kernel_id = scratch.name
+        provisioner = provisioner_class(
+            kernel_id=km.kernel_id, kernel_spec=km.kernel_spec, parent=km
+        )
+        provisioner.zygote = self.zygote
+        km.provisioner = provisioner
+        if self.settings.sandbox:
+            os.chown(scratch, uid, gid)
+            os.chmod(scratch, 0o700)
+            provisioner.sandbox = {
+                "uid": uid,
+                "gid": gid,
+                "cwd": str(scratch),
+                "covers": _covers(self.settings, scratch),
+                "chown": [str(scratch / "kernel.json")],
+                "limits": _limits(self.settings),
+                "network": self.settings.network,
+            }
+        await km.start_kernel(cwd=str(scratch), env=_kernel_env(self.settings, scratch, name))
+        kernel = _Kernel(km=km, scratch=scratch, uid=uid, gid=gid)
+        if self.settings.sandbox and self.settings.network == "runtime":
+            try:
+                port = urlsplit(self.settings.runtime_url).port or 80
+                pid = provisioner.pid
+                kernel.forwarder = await forward_into(pid, port, self.settings.forward_to)
+                if embed := _embed_target():
+                    kernel.embed_forwarder = await forward_into(pid, embed[1], embed)
+            except BaseException:
+                await self.stop_kernel(kernel)
+                raise
+        return kernel
+
+    async def take_kernel(self) -> _Kernel:
+        """The kernel started in advance (or a new one), and start the next in advance."""
+        kernel = await self.next if self.next else await self.start_kernel(self.user())
+        self.next = self.loop.create_task(self.start_kernel(self.user()))
+        return kernel
+
+    async def stop_kernel(self, kernel: _Kernel) -> None:
+        """Stop a kernel, kill whatever its user left running, delete its scratch folder.
+
+        No polite shutdown: the notebook is done, and asking a kernel to exit (then polling
+        until it has) costs more than the rest of a small notebook's grading.
+        """
+        _kill_group(kernel.km)
+        if kernel.forwarder is not None:
+            await kernel.forwarder.close()
+        if kernel.embed_forwarder is not None:
+            await kernel.embed_forwarder.close()
+        if self.settings.sandbox:
+            kill_user_processes([kernel.uid])
+        with contextlib.suppress(Exception):
+            await kernel.km.cleanup_resources()
+        shutil.rmtree(kernel.scratch, ignore_errors=True)
+
+    def close(self) -> None:
+        """Stop the kernel started in advance."""
+        if self.next is not None:
+            with contextlib.suppress(Exception):
+                kernel = self.loop.run_until_complete(self.next)
+                self.loop.run_until_complete(self.stop_kernel(kernel))
+        if self.settings.sandbox:
+            kill_user_processes(u for u, _, _ in self.users)
+        self.zygote.close()
+
+
+def _kill_group(km: Any) -> None:
+    """Kill the kernel's process group (children that left the group are not in it)."""
+    pgid = getattr(getattr(km, "provisioner", None), "pgid", None)
+    if pgid:
+        with contextlib.suppress(OSError):
+            os.killpg(pgid, 9)
+
+
+def _embed_target() -> tuple[str, int] | None:
+    """``$LABKIT_EMBED_URL``'s host and port: a second server the kernel must reach, if any."""
+    url = urlsplit(os.environ.get("LABKIT_EMBED_URL", ""))
+    if not url.hostname:
+        return None
+    return url.hostname, url.port or (443 if url.scheme == "https" else 80)

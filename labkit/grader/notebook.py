@@ -1,0 +1,280 @@
+"""Grading one notebook: run its cells with limits, then every test, across restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing
+import os
+import pwd
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from labkit.grader.assign import Exercise
+from labkit.grader.channel import GRACE, _ready, _recover, _run_test, hidden_lines
+from labkit.grader.kernels import FLOOD_BYTES, START_ERROR, _Kernel, _kernel_classes, _Worker
+from labkit.grader.settings import GradingError, Settings, Submission
+from labkit.grader.users import _grading_user
+
+__all__ = ["RESTARTS"]
+
+
+RESTARTS = 2  # fresh kernels per notebook after one hung or died
+
+
+_WORKER: _Worker | None = None
+
+
+def _init_worker(settings: Settings, slots: Any) -> None:
+    """Pool initializer: claim a slot, its two users, and start a kernel in advance."""
+    global _WORKER
+    number = slots.get()
+    users = [_grading_user(2 * number), _grading_user(2 * number + 1)]
+    if not settings.sandbox:
+        me = os.getuid(), os.getgid(), pwd.getpwuid(os.getuid()).pw_name
+        users = [me, me]
+    _WORKER = _Worker(settings, users)
+    _WORKER.next = _WORKER.loop.create_task(_WORKER.start_kernel(_WORKER.user()))
+    _WORKER.loop.run_until_complete(asyncio.sleep(0.05))  # let the kernel process start
+    multiprocessing.util.Finalize(None, _WORKER.close, exitpriority=10)
+
+
+def _grade_in_worker(submission: Submission) -> dict[str, Any]:
+    """Pool task: grade one notebook (never raises: problems become its status)."""
+    assert _WORKER is not None
+    started = time.perf_counter()
+    budget = _budget(_WORKER.settings)
+    try:
+        result = _WORKER.loop.run_until_complete(
+            asyncio.wait_for(_grade(_WORKER, submission), budget)
+        )
+    except asyncio.TimeoutError:  # a last resort: every step has its own limit already
+        result = _empty_result(_WORKER.settings.exercise, submission, ["gave-up"])
+        result["notes"].append(f"Grading this notebook took over {budget:.0f} s and was stopped.")
+    except Exception as exc:  # one broken notebook must not stop the class
+        result = _empty_result(_WORKER.settings.exercise, submission, ["grader-error"])
+        result["notes"].append(f"The grader failed on this notebook: {type(exc).__name__}: {exc}")
+    result["seconds"] = round(time.perf_counter() - started, 3)
+    result["uids"] = sorted({u for u, _, _ in _WORKER.users})
+    return result
+
+
+def _budget(settings: Settings) -> float:
+    """The most time one notebook may take, all cells, tests and restarts included."""
+    steps = 2 * len(_test_specs(settings.exercise)) + 100
+    return (RESTARTS + 1) * steps * (settings.timeout + GRACE)
+
+
+def _empty_result(exercise: Exercise, sub: Submission, status: list[str]) -> dict[str, Any]:
+    tests = [
+        {
+            "name": t.name,
+            "question": q.name,
+            "status": "not-run",
+            "points": t.points,
+            "earned": 0.0,
+            "hidden": t.hidden,
+            "description": t.description,
+            "message": "This test could not run.",
+            "hint": "",
+        }
+        for q in exercise.graded_questions
+        for t in q.tests
+    ]
+    return {
+        "learner": sub.learner,
+        "file": sub.path.name,
+        "sha256": sub.sha256,
+        "status": status,
+        "notes": [],
+        "tests": tests,
+        "executed": None,
+    }
+
+
+async def _grade(worker: _Worker, sub: Submission) -> dict[str, Any]:
+    import nbformat
+
+    settings = worker.settings
+    raw = sub.path.read_bytes()
+    try:
+        nb = nbformat.reads(raw.decode("utf-8"), as_version=4)  # type: ignore[no-untyped-call]
+        nbformat.validate(nb)
+    except Exception as exc:  # not JSON, not a notebook, not valid: all the same to a learner
+        result = _empty_result(settings.exercise, sub, ["invalid-notebook"])
+        result["notes"].append(
+            f"This file is not a valid notebook ({type(exc).__name__}), so nothing could run. "
+            "Open it in Jupyter, check it shows your work, save it and submit it again."
+        )
+        return result
+    result = _empty_result(settings.exercise, sub, [])
+    run = _Run(nb=nb, tests=_test_specs(settings.exercise))
+    kernel = await worker.take_kernel()
+    for attempt in range(RESTARTS + 1):
+        if attempt:  # the last kernel hung or died: same user, new kernel, new scratch
+            kernel = await _fresh(worker, kernel)
+        try:
+            done = await _run_once(worker, kernel, run, raw)
+        except GradingError as exc:  # the kernel itself failed (rare): try a fresh one
+            done = False
+            run.flags.add("grader-error")
+            run.note(-1, str(exc), f"The grader had a problem: {exc}.")
+        finally:
+            await worker.stop_kernel(kernel)
+        if done:
+            break
+    else:
+        run.flags.add("gave-up")
+        run.notes.append("The notebook kept hanging or crashing, so some tests did not run.")
+    result["tests"] = [run.results.get(t["name"], t) for t in result["tests"]]
+    result["status"] = sorted(run.flags)
+    result["notes"] = run.notes
+    result["executed"] = nbformat.writes(run.nb)  # type: ignore[no-untyped-call]
+    return result
+
+
+async def _fresh(worker: _Worker, old: _Kernel) -> _Kernel:
+    """A new kernel for the same notebook (same user; the old one's processes are gone)."""
+    user = next(u for u in worker.users if u[0] == old.uid)
+    return await worker.start_kernel(user)
+
+
+@dataclass
+class _Run:
+    """Progress through one notebook, kept across kernel restarts."""
+
+    nb: Any
+    tests: list[dict[str, Any]]
+    skip: set[int] = field(default_factory=set)  # cells that hung, flooded or killed the kernel
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)
+    flags: set[str] = field(default_factory=set)
+    notes: list[str] = field(default_factory=list)
+    noted: set[tuple[int, str]] = field(default_factory=set)
+
+    def note(self, index: int, kind: str, text: str) -> None:
+        """Record what happened in a cell once, even if the notebook is re-run."""
+        if (index, kind) not in self.noted:
+            self.noted.add((index, kind))
+            self.notes.append(text)
+
+
+def _test_specs(exercise: Exercise) -> list[dict[str, Any]]:
+    return [
+        {"question": q.name, "placeholders": q.placeholders, "test": asdict(t)}
+        for q in exercise.graded_questions
+        for t in q.tests
+    ]
+
+
+def _prepare_scratch(settings: Settings, kernel: _Kernel, raw: bytes) -> None:
+    """Copy in what the notebook may read: itself, its public tests, the exercise's files."""
+    files = {"submission.ipynb": raw, f"tests/{settings.exercise.name}.json": settings.public_tests}
+    for source, target in settings.extra_files:
+        with contextlib.suppress(OSError):
+            files[target] = Path(source).read_bytes()
+    for rel, content in files.items():
+        path = kernel.scratch / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+        if settings.sandbox:  # the learner's files belong to the grading user
+            for part in [Path(rel), *Path(rel).parents]:
+                if part != Path("."):
+                    os.chown(kernel.scratch / part, kernel.uid, kernel.gid)
+
+
+async def _run_once(worker: _Worker, kernel: _Kernel, run: _Run, raw: bytes) -> bool:
+    """Run the notebook's cells, then the tests not run yet; False if the kernel got stuck."""
+    from nbclient.exceptions import CellTimeoutError, DeadKernelError
+
+    settings = worker.settings
+    secrets = hidden_lines(run.tests)
+    _prepare_scratch(settings, kernel, raw)
+    _, client_class = _kernel_classes()
+    client = client_class(
+        run.nb,
+        kernel.km,
+        timeout=max(1, round(settings.timeout)),
+        interrupt_on_timeout=False,
+        allow_errors=True,
+        record_timing=False,
+        startup_timeout=60,
+        iopub_timeout=4,
+        raise_on_iopub_timeout=False,
+        kernel_name="python3",
+    )
+    kc = client.kc = kernel.km.client()
+    kc.allow_stdin = False
+    kc.start_channels()
+    try:
+        await _ready(kernel.km, kc, 60.0)
+    except DeadKernelError as exc:
+        why = kernel.scratch / START_ERROR
+        detail = why.read_text().strip().splitlines()[-1] if why.exists() else "no reason left"
+        raise GradingError(f"the kernel stopped while starting ({detail})") from exc
+    before = asyncio.all_tasks()  # tasks started from here on are this run's to clean up
+    try:
+        for index, cell in enumerate(run.nb.cells):
+            if cell.cell_type != "code" or index in run.skip:
+                continue
+            label = _cell_label(index, cell.source)
+            outcome = "ok"
+            try:
+                await client.async_execute_cell(cell, index)
+            except CellTimeoutError:
+                outcome = "timeout"
+            except DeadKernelError:
+                outcome = "died"
+            if index in client.flooded:  # checked first: a flood often ends in a timeout
+                run.skip.add(index)
+                run.flags.add("output-limit")
+                kept = f"{label} printed more than {FLOOD_BYTES // 1000} kB; the rest was not kept."
+                run.note(index, "flood", kept)
+            if outcome == "died":
+                run.skip.add(index)
+                run.flags.add("kernel-died")
+                died = f"{label} made the kernel stop (crash or exit); the notebook was re-run without it."
+                run.note(index, "died", died)
+                return False
+            if outcome == "timeout":
+                run.skip.add(index)
+                run.flags.add("timeout")
+                slow = f"{label} ran longer than {settings.timeout:g} s and was stopped."
+                run.note(index, "timeout", slow)
+                if not await _recover(kernel.km, kc):
+                    return False
+                continue
+            for out in cell.get("outputs", []):
+                if out.get("output_type") == "error" and out.get("ename") != "KeyboardInterrupt":
+                    run.flags.add("cell-errors")
+                    message = ": ".join(filter(None, [out.get("ename"), out.get("evalue")]))[:300]
+                    run.note(index, "error", f"{label} raised {message}")
+        for spec in run.tests:
+            name = spec["test"]["name"]
+            if name in run.results:
+                continue
+            outcome, value = await _run_test(kernel.km, kc, spec, settings.timeout, secrets)
+            run.results[name] = value
+            if outcome != "ok":
+                return False
+        return True
+    finally:
+        await _settle(before | {worker.next})
+        with contextlib.suppress(Exception):
+            kc.stop_channels()
+
+
+async def _settle(keep: set[Any]) -> None:
+    """Cancel what nbclient left waiting (e.g. on a cell that timed out)."""
+    current = asyncio.current_task()
+    left = [t for t in asyncio.all_tasks() if t is not current and t not in keep]
+    for task in left:
+        task.cancel()
+    await asyncio.gather(*left, return_exceptions=True)
+
+
+def _cell_label(index: int, source: str) -> str:
+    first = next((line.strip() for line in source.splitlines() if line.strip()), "")
+    first = first if len(first) <= 50 else first[:49] + "…"
+    return f"Cell {index + 1} (`{first}`)"

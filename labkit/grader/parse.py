@@ -1,0 +1,410 @@
+"""Reading a master notebook in otter's format: questions, solutions, tests, points."""
+
+from __future__ import annotations
+
+import ast
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import yaml
+
+from labkit.grader.exercise import (
+    LEARNER_DIR,
+    MANUAL_PROMPT,
+    SOLUTION_DIR,
+    Exercise,
+    Generated,
+    MasterFormatError,
+    Question,
+    TestCase,
+    _json_bytes,
+    _source,
+    work_fingerprint,
+)
+from labkit.grader.versions import (
+    _Cell,
+    _learner_code,
+    _notebook_bytes,
+    _solution_code,
+    _with_boilerplate,
+)
+
+__all__ = ["parse_master"]
+
+
+_BOUNDARY = re.compile(r"#\s+(begin|end)\s+(question|prompt|solution|tests)\s*$", re.IGNORECASE)
+
+
+_CONFIG_CELL = re.compile(r"#\s+assignment\s+config\s*$", re.IGNORECASE)
+
+
+_IGNORE_CELL = re.compile(r"##\s*ignore\s*##\s*$", re.IGNORECASE)
+
+
+_HIDDEN_LINE = re.compile(r"#\s*hidden\s*$", re.IGNORECASE)
+
+
+_BEGIN_TEST_CONFIG = re.compile(r"^\s*(\"\"\"|''')\s*#\s*BEGIN TEST CONFIG\s*$")
+
+
+_END_TEST_CONFIG = re.compile(r"^\s*(\"\"\"|''')\s*;?\s*#\s*END TEST CONFIG\s*$")
+
+
+_IGNORE_LINE = re.compile(r"#\s*IGNORE\s*$")
+
+
+def _first_line(text: str) -> str:
+    for line in text.splitlines():
+        return line.strip()
+    return ""
+
+
+def _unfence(cell: Any) -> tuple[str, str]:
+    """A cell's (type, source); a Markdown cell that is one ```otter block counts as raw."""
+    kind, text = str(cell.get("cell_type", "")), _source(cell)
+    if kind == "markdown":
+        lines = text.strip().splitlines()
+        if len(lines) >= 2 and lines[0].strip() == "```otter" and lines[-1].strip() == "```":
+            return "raw", "\n".join(lines[1:-1])
+    return kind, text
+
+
+def _yaml(text: str, where: str) -> dict[str, Any]:
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise MasterFormatError(f"{where}: the YAML does not parse ({exc}).") from exc
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise MasterFormatError(f"{where}: expected `key: value` lines, got {value!r}.")
+    return value
+
+
+@dataclass
+class _Parse:
+    """Mutable state while walking a master."""
+
+    where: str
+    config: dict[str, Any] = field(default_factory=dict)
+    learner: list[_Cell] = field(default_factory=list)
+    solution: list[_Cell] = field(default_factory=list)
+    questions: list[Question] = field(default_factory=list)
+    raw_tests: dict[str, list[tuple[str, str | None, str]]] = field(default_factory=dict)
+    question_points: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    uses_not_implemented: bool = False
+
+
+def parse_master(path: Path) -> Generated:
+    """Read a master notebook and build the learner, solution and test files in memory."""
+    try:
+        nb = nbformat.read(str(path), as_version=4)  # type: ignore[no-untyped-call]
+    except Exception as exc:  # nbformat raises several unrelated types for bad files
+        raise MasterFormatError(
+            f"{path} is not a readable notebook ({exc}). Open it in Jupyter and save it again."
+        ) from exc
+    name = path.stem
+    state = _Parse(where=str(path))
+    _walk(nb.cells, state)
+    questions = _finish_questions(state)
+    exercise = Exercise(
+        name=name,
+        questions=questions,
+        master=path.name,
+        files=[str(f) for f in state.config.get("files", []) or []],
+    )
+    learner_cells = _with_boilerplate(state.learner, state, exercise, learner=True)
+    solution_cells = _with_boilerplate(state.solution, state, exercise, learner=False)
+    learner = _notebook_bytes(learner_cells, name, "learner")
+    solution = _notebook_bytes(solution_cells, name, "solution")
+    generated = Generated(exercise=exercise, files={}, warnings=state.warnings)
+    outputs = {
+        generated.learner_path: work_fingerprint(learner),
+        generated.solution_path: work_fingerprint(solution),
+    }
+    generated.files = {
+        generated.learner_path: learner,
+        generated.solution_path: solution,
+        generated.public_path: _json_bytes(exercise.to_public()),
+        generated.key_path: _json_bytes(exercise.to_key(outputs)),
+    }
+    for rel in exercise.files:  # data the notebook reads goes next to both versions
+        content = _extra_file(path.parent, rel)
+        generated.files[f"{LEARNER_DIR}/{rel}"] = content
+        generated.files[f"{SOLUTION_DIR}/{rel}"] = content
+    return generated
+
+
+def _extra_file(folder: Path, rel: str) -> bytes:
+    """A file listed under ``files:`` in the assignment config, relative to the master."""
+    if Path(rel).is_absolute() or ".." in Path(rel).parts:
+        raise MasterFormatError(f"files: {rel!r} must be a path inside the master's folder.")
+    try:
+        return (folder / rel).read_bytes()
+    except OSError as exc:
+        raise MasterFormatError(
+            f"files: {rel!r} is listed in the assignment config but cannot be read ({exc})."
+        ) from exc
+
+
+def _walk(cells: list[Any], st: _Parse) -> None:
+    """Route every master cell to the learner version, the solution version or the tests."""
+    question: dict[str, Any] | None = None
+    block: str | None = None  # "prompt" | "solution" | "tests" inside a question
+    had_prompt = had_md_solution = False
+    for index, cell in enumerate(cells):
+        where = f"{st.where}, cell {index + 1}"
+        kind, text = _unfence(cell)
+        first = _first_line(text)
+        cell_id = str(cell.get("id") or "")
+        tags = [str(t) for t in cell.get("metadata", {}).get("tags", [])]
+        if kind == "raw" and _CONFIG_CELL.match(first):
+            st.config = _yaml(text, where)
+            continue
+        if kind == "raw" and (m := _BOUNDARY.match(first)):
+            edge, what = m.group(1).lower(), m.group(2).lower()
+            if what == "question":
+                if edge == "begin":
+                    if question is not None:
+                        raise MasterFormatError(
+                            f"{where}: # BEGIN QUESTION inside question {question['name']!r}; "
+                            "close it with a raw cell # END QUESTION first."
+                        )
+                    question = _question_config(text, where, st)
+                    had_prompt = had_md_solution = False
+                else:
+                    if question is None or block is not None:
+                        raise MasterFormatError(
+                            f"{where}: # END QUESTION without a matching # BEGIN QUESTION "
+                            "(or with a block still open)."
+                        )
+                    _add_check_cell(question, st)
+                    question = None
+                continue
+            if question is None:
+                raise MasterFormatError(
+                    f"{where}: # {edge.upper()} {what.upper()} outside a question; "
+                    "put it between # BEGIN QUESTION and # END QUESTION."
+                )
+            if edge == "begin":
+                if block is not None:
+                    raise MasterFormatError(f"{where}: # BEGIN {what.upper()} inside {block}.")
+                block = what
+                had_prompt = had_prompt or what == "prompt"
+            else:
+                if block != what:
+                    raise MasterFormatError(
+                        f"{where}: # END {what.upper()} does not close a # BEGIN {what.upper()}."
+                    )
+                if what == "solution" and had_md_solution and not had_prompt:
+                    # A written answer with no prompt: give learners a place to write.
+                    st.learner.append(_Cell("markdown", MANUAL_PROMPT, "", []))
+                block = None
+            continue
+        if kind in ("code", "markdown") and _IGNORE_CELL.match(first):
+            continue
+        qname = question["name"] if question else None
+        if block == "tests":
+            if kind == "code":
+                st.raw_tests.setdefault(str(qname), []).append((text, _test_outputs(cell), where))
+            continue
+        if block == "prompt":
+            st.learner.append(_Cell(kind, text, cell_id, tags))
+            continue
+        if kind == "code":
+            st.learner.append(_Cell(kind, _learner_code(text, qname, st, where), cell_id, tags))
+            st.solution.append(_Cell(kind, _solution_code(text, where), cell_id, tags))
+        elif block == "solution":
+            had_md_solution = True
+            st.solution.append(_Cell(kind, text, cell_id, tags))
+        else:
+            st.learner.append(_Cell(kind, text, cell_id, tags))
+            st.solution.append(_Cell(kind, text, cell_id, tags))
+    if question is not None or block is not None:
+        raise MasterFormatError(
+            f"{st.where}: question {question['name'] if question else '?'!r} is never closed; "
+            "add the missing # END ... raw cells."
+        )
+
+
+def _question_config(text: str, where: str, st: _Parse) -> dict[str, Any]:
+    config = _yaml("\n".join(text.splitlines()[1:]), where)
+    name = config.get("name")
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise MasterFormatError(
+            f"{where}: every question needs `name:` (letters, digits, - _ .), got {name!r}."
+        )
+    if any(q.name == name for q in st.questions):
+        raise MasterFormatError(f"{where}: question name {name!r} is used twice.")
+    st.questions.append(Question(name=name, points=0.0, manual=bool(config.get("manual"))))
+    st.question_points[name] = config.get("points")
+    return config
+
+
+def _add_check_cell(config: dict[str, Any], st: _Parse) -> None:
+    """At the end of an autograded question, a ``check("q1")`` cell (as otter adds one)."""
+    name = str(config["name"])
+    if config.get("manual") or not st.raw_tests.get(name) or not config.get("check_cell", True):
+        return
+    check = _Cell("code", f'check("{name}")', f"check-{name}", [])
+    st.learner.append(check)
+    st.solution.append(_Cell("code", check.source, check.cell_id, []))
+
+
+def _test_outputs(cell: Any) -> str | None:
+    """What a test cell showed in the master: printed text plus the value of its last line."""
+    shown = []
+    for out in cell.get("outputs", []) or []:
+        if out.get("output_type") == "stream" and out.get("name") == "stdout":
+            shown.append("".join(out.get("text", "")))
+        elif out.get("output_type") == "execute_result":
+            data = out.get("data", {}).get("text/plain", "")
+            shown.append(("".join(data) if isinstance(data, list) else str(data)) + "\n")
+    return "".join(shown) if shown else None
+
+
+def _finish_questions(st: _Parse) -> list[Question]:
+    function_tests = st.config.get("tests", {}) or {}
+    ok_format = function_tests.get("ok_format", True) if isinstance(function_tests, dict) else True
+    for q in st.questions:
+        raw = st.raw_tests.get(q.name, [])
+        tests = [
+            _test_case(q.name, i + 1, text, outputs, where, ok_format)
+            for i, (text, outputs, where) in enumerate(raw)
+        ]
+        points = _resolve_points(st.question_points.get(q.name), tests, q.name, st.where)
+        for test, value in zip(tests, points, strict=True):
+            test.points = value
+        q.tests = tests
+        q.points = float(round(sum(points), 6))
+        given = st.question_points.get(q.name)
+        if q.manual and not tests and isinstance(given, (int, float)):
+            q.points = float(given)  # a person grades it: its worth is what the master says
+        if not q.manual and not tests:
+            st.warnings.append(f"{q.name} has no tests, so it is worth 0 points.")
+        for test in tests:
+            if test.kind == "output" and test.expected is None and _ends_in_value(test.code):
+                st.warnings.append(
+                    f"{test.name} ends in an expression but the master shows no output for it, "
+                    "so it passes whenever it raises no error. Run the master notebook before "
+                    "`labkit assign` to record the expected output, or use `assert`."
+                )
+    return st.questions
+
+
+def _test_case(
+    question: str, number: int, text: str, outputs: str | None, where: str, ok_format: bool
+) -> TestCase:
+    lines = text.splitlines()
+    config: dict[str, Any] = {}
+    if lines and _HIDDEN_LINE.match(lines[0].strip()):
+        config["hidden"] = True
+        lines = lines[1:]
+    if lines and _BEGIN_TEST_CONFIG.match(lines[0]):
+        end = next((i for i, line in enumerate(lines) if _END_TEST_CONFIG.match(line)), None)
+        if end is None:
+            raise MasterFormatError(f"{where}: # BEGIN TEST CONFIG is never closed.")
+        config.update(_yaml("\n".join(lines[1:end]), where))
+        lines = lines[end + 1 :]
+    code = "\n".join(line for line in lines if not _IGNORE_LINE.search(line)).strip("\n")
+    try:
+        tree = ast.parse(code)
+    except SyntaxError as exc:
+        raise MasterFormatError(f"{where}: the test does not parse ({exc}).") from exc
+    kind = "function" if (not ok_format or _defines_only_tests(tree)) else "output"
+    if kind == "function" and not _test_functions(tree):
+        raise MasterFormatError(f"{where}: this test defines no function named test_...")
+    description = str(config.get("description") or _describe(tree, code))
+    points = config.get("points")
+    return TestCase(
+        name=str(config.get("name") or f"{question}.{number}"),
+        code=code,
+        kind=kind,
+        points=float(points) if isinstance(points, (int, float)) else -1.0,
+        hidden=bool(config.get("hidden", False)),
+        expected=outputs if kind == "output" else None,
+        description=description,
+        success_message=config.get("success_message"),
+        failure_message=config.get("failure_message"),
+    )
+
+
+def _test_functions(tree: ast.Module) -> list[str]:
+    return [
+        node.name
+        for node in tree.body
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.name.startswith("test")
+    ]
+
+
+def _defines_only_tests(tree: ast.Module) -> bool:
+    """True for an exception-style test cell: only imports, constants and test functions."""
+    allowed = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Import, ast.ImportFrom, ast.Assign)
+    body = [n for n in tree.body if not (isinstance(n, ast.Expr) and _is_docstring(n))]
+    return bool(_test_functions(tree)) and all(isinstance(n, allowed) for n in body)
+
+
+def _is_docstring(node: ast.Expr) -> bool:
+    return isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)
+
+
+def _ends_in_value(code: str) -> bool:
+    tree = ast.parse(code)
+    last = tree.body[-1] if tree.body else None
+    if not isinstance(last, ast.Expr):
+        return False
+    # A bare call such as test_helper(x) usually returns None, so no output is expected.
+    return not isinstance(last.value, ast.Call)
+
+
+def _describe(tree: ast.Module, code: str) -> str:
+    """A one-line description: the test function's docstring or the first comment."""
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            doc = ast.get_docstring(node)
+            if doc:
+                return doc.strip().splitlines()[0]
+    for line in code.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            return stripped.lstrip("#").strip()
+    return ""
+
+
+def _resolve_points(
+    question_points: Any, tests: list[TestCase], question: str, where: str
+) -> list[float]:
+    """Points per test, following otter's rules for mixing question and test points."""
+    if not tests:
+        return []
+    if isinstance(question_points, list):
+        if len(question_points) != len(tests):
+            raise MasterFormatError(
+                f"{where}: {question} lists {len(question_points)} point values "
+                f"for {len(tests)} tests."
+            )
+        return [float(p) for p in question_points]
+    if question_points is not None and not isinstance(question_points, (int, float)):
+        raise MasterFormatError(f"{where}: {question} has points: {question_points!r}.")
+    given = [t.points for t in tests]
+    unset = [i for i, p in enumerate(given) if p < 0]
+    set_total = sum(p for p in given if p >= 0)
+    if len(unset) == len(tests):  # nobody said anything per test: share the question's points
+        total = float(question_points) if question_points is not None else 1.0
+        return [total / len(tests)] * len(tests)
+    if question_points is None:
+        share = 0.0
+        if set_total == 0 and unset:  # only zeros were given: the question is worth 1
+            share = 1.0 / len(unset)
+    else:
+        share = (float(question_points) - set_total) / len(unset) if unset else 0.0
+        if share < 0:
+            raise MasterFormatError(
+                f"{where}: the tests of {question} add up to more than its {question_points} points."
+            )
+    return [share if p < 0 else p for p in given]

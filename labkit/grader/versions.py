@@ -1,0 +1,226 @@
+"""Learner and solution versions of a master's code, and the notebooks they go into."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import nbformat
+
+from labkit.grader.exercise import KERNELSPEC, Exercise, MasterFormatError
+
+if TYPE_CHECKING:
+    from labkit.grader.parse import _Parse
+
+__all__: list[str] = []
+
+
+@dataclass
+class _Cell:
+    """A cell on its way into the generated notebooks."""
+
+    kind: str
+    source: str
+    cell_id: str
+    tags: list[str]
+
+
+_BEGIN_SOLUTION = re.compile(r"^(\s*)#\s*BEGIN SOLUTION( NO PROMPT)?\s*$")
+
+
+_END_SOLUTION = re.compile(r"#\s*END SOLUTION\s*$")
+
+
+_SOLUTION_LINE = re.compile(r"^(\s*)(.*?)\s*#\s*SOLUTION\s*$")
+
+
+_DROPPED_LINE = re.compile(r"#\s*(SOLUTION NO PROMPT|SEED)\s*$")
+
+
+_SEED_LINE = re.compile(r"\s*#\s*SEED\s*$")
+
+
+_BEGIN_PROMPT = re.compile(r"^\s*(\"\"\"|''')\s*#\s*BEGIN PROMPT\s*$")
+
+
+_END_PROMPT = re.compile(r"^\s*(\"\"\"|''')\s*;?\s*#\s*END PROMPT\s*$")
+
+
+# The left side of an assignment such as ``answer =`` or ``a, b =`` (not ``==``).
+_ASSIGNMENT = re.compile(r"^([A-Za-z_][\w\s,.\[\]'\"]*?)\s*(?<![=!<>])=(?!=)\s*(.*)$")
+
+
+def _not_written(question: str | None) -> str:
+    what = question or "This part"
+    return f'raise NotImplementedYet("{what} is not written yet: replace this line with your code")'
+
+
+def _learner_code(text: str, question: str | None, st: _Parse, where: str) -> str:
+    """The learner's view of a code cell: solutions become placeholders."""
+    out: list[str] = []
+    holes: dict[int, str | None] = {}  # output line -> assigned name (None: a statement)
+    in_solution = in_prompt = False
+    for line in text.splitlines():
+        if in_prompt:
+            if _END_PROMPT.match(line):
+                in_prompt = False
+            else:
+                out.append(line)
+            continue
+        if _BEGIN_PROMPT.match(line):
+            in_prompt = True
+            continue
+        if in_solution:
+            if _END_SOLUTION.search(line):
+                in_solution = False
+            continue
+        if m := _BEGIN_SOLUTION.match(line):
+            in_solution = True
+            if not m.group(2):
+                holes[len(out)] = None
+                out.append(m.group(1) + "...")
+            continue
+        if _END_SOLUTION.search(line):
+            raise MasterFormatError(f"{where}: # END SOLUTION without # BEGIN SOLUTION.")
+        if _DROPPED_LINE.search(line):
+            continue
+        if m := _SOLUTION_LINE.match(line):
+            indent, code = m.group(1), m.group(2)
+            target = _ASSIGNMENT.match(code)
+            holes[len(out)] = target.group(1).strip() if target else None
+            out.append(f"{indent}{target.group(1).strip()} = ..." if target else f"{indent}...")
+            continue
+        out.append(line)
+    if in_solution or in_prompt:
+        raise MasterFormatError(f"{where}: a BEGIN SOLUTION/PROMPT block is never closed.")
+    return "\n".join(_friendly_holes(out, holes, question, st))
+
+
+def _friendly_holes(
+    lines: list[str], holes: dict[int, str | None], question: str | None, st: _Parse
+) -> list[str]:
+    """Placeholders inside a function raise a clear error; top-level ``x = ...`` stays put.
+
+    A function whose body is ``...`` would quietly return None; raising NotImplementedYet
+    tells the learner what is missing the moment the function is called.
+    """
+    result: list[str] = []
+    for index, line in enumerate(lines):
+        if index not in holes:
+            result.append(line)
+            continue
+        indent = line[: len(line) - len(line.lstrip())]
+        if _inside_function(lines, index):
+            raised = indent + _not_written(question)
+            st.uses_not_implemented = True
+            if not (result and result[-1] == raised):  # one raise per hole is enough
+                result.append(raised)
+            continue
+        name = holes[index]
+        if name and not indent and name.isidentifier() and question:
+            q = next(q for q in st.questions if q.name == question)
+            if name not in q.placeholders:
+                q.placeholders.append(name)
+        result.append(line)
+    return result
+
+
+def _inside_function(lines: list[str], index: int) -> bool:
+    """True if line ``index`` sits in the body of a ``def`` (looking at indentation)."""
+    level = len(lines[index]) - len(lines[index].lstrip())
+    for line in reversed(lines[:index]):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        indent = len(line) - len(line.lstrip())
+        if indent < level:
+            if stripped.startswith((")", "]", "}")):
+                # The closing bracket of a header split over lines (how ruff formats a long
+                # signature): the header's first line is further up, at this same indent.
+                level = indent + 1
+                continue
+            if stripped.startswith(("def ", "async def ")):
+                return True
+            level = indent
+            if level == 0:
+                return False
+    return False
+
+
+def _solution_code(text: str, where: str) -> str:
+    """The solution view of a code cell: markers and learner prompts removed."""
+    out: list[str] = []
+    in_prompt = False
+    for line in text.splitlines():
+        if in_prompt:
+            in_prompt = not _END_PROMPT.match(line)
+            continue
+        if _BEGIN_PROMPT.match(line):
+            in_prompt = True
+            continue
+        if _BEGIN_SOLUTION.match(line) or _END_SOLUTION.search(line):
+            continue
+        line = re.sub(r"\s*#\s*SOLUTION( NO PROMPT)?\s*$", "", line)
+        out.append(_SEED_LINE.sub("", line))
+    if in_prompt:
+        raise MasterFormatError(f"{where}: a BEGIN PROMPT block is never closed.")
+    return "\n".join(out)
+
+
+def _init_source(exercise: Exercise, learner: bool, raises: bool) -> str:
+    lines = [
+        "# Run this cell first: it loads the checks for this exercise.",
+        "from labkit.course.checks import check, check_all, use_tests",
+    ]
+    if learner and raises:
+        lines.append("from labkit.errors import NotImplementedYet")
+    lines += ["", f'use_tests("tests/{exercise.name}.json")']
+    return "\n".join(lines)
+
+
+def _with_boilerplate(
+    cells: list[_Cell], st: _Parse, exercise: Exercise, *, learner: bool
+) -> list[_Cell]:
+    """Add the setup cell (before the first code cell) and a check-everything cell."""
+    if not any(q.tests for q in exercise.questions) and not st.uses_not_implemented:
+        return list(cells)
+    init = _Cell(
+        "code", _init_source(exercise, learner, st.uses_not_implemented), "labkit-setup", []
+    )
+    first_code = next((i for i, c in enumerate(cells) if c.kind == "code"), len(cells))
+    result = [*cells[:first_code], init, *cells[first_code:]]
+    if st.config.get("check_all_cell", True) and any(q.tests for q in exercise.questions):
+        result.append(_Cell("markdown", "## Check everything", "check-all-title", []))
+        result.append(_Cell("code", "check_all()", "check-all", []))
+    return result
+
+
+def _notebook_bytes(cells: list[_Cell], name: str, version: str) -> bytes:
+    """A clean notebook: no outputs, fixed metadata and cell ids, so the bytes are stable."""
+    nb = nbformat.v4.new_notebook()  # type: ignore[no-untyped-call]
+    nb.metadata = {
+        "kernelspec": dict(KERNELSPEC),
+        "language_info": {"name": "python"},
+        "labkit": {"exercise": name, "version": version},
+    }
+    used: set[str] = set()
+    for index, cell in enumerate(cells):
+        cid = cell.cell_id if re.fullmatch(r"[A-Za-z0-9_-]{1,64}", cell.cell_id) else ""
+        if not cid or cid in used:
+            digest = hashlib.sha1(f"{index}:{cell.source}".encode()).hexdigest()[:12]
+            cid = f"c{index}-{digest}"
+        used.add(cid)
+        meta: dict[str, Any] = {"tags": cell.tags} if cell.tags else {}
+        if cell.kind == "code":
+            node = nbformat.v4.new_code_cell(cell.source, metadata=meta)  # type: ignore[no-untyped-call]
+        elif cell.kind == "markdown":
+            node = nbformat.v4.new_markdown_cell(cell.source, metadata=meta)  # type: ignore[no-untyped-call]
+        else:
+            node = nbformat.v4.new_raw_cell(cell.source, metadata=meta)  # type: ignore[no-untyped-call]
+        node["id"] = cid
+        nb.cells.append(node)
+    nb.nbformat, nb.nbformat_minor = 4, 5
+    text: str = nbformat.writes(nb)  # type: ignore[no-untyped-call]
+    return (text + "\n").encode("utf-8")
