@@ -151,7 +151,10 @@ def get(gateway: Gateway, path: str, token: str | None = None) -> requests.Respo
 
 
 @pytest.mark.parametrize(
-    "token", [None, "wrong-token", TOKEN.swapcase(), TOKEN.upper(), TOKEN + "x", TOKEN[:-1]]
+    "token",
+    [None, "wrong-token", TOKEN.swapcase(), TOKEN.upper(), TOKEN + "x", TOKEN[:-1]],
+    # The token is random per run: name the cases, so every xdist worker collects the same ids.
+    ids=["none", "wrong", "swapped-case", "upper-case", "one-more", "one-less"],
 )
 def test_no_entry_without_the_exact_token(gateway: Gateway, token: str | None) -> None:
     ollama = get(gateway, "/api/tags", token)
