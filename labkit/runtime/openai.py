@@ -65,14 +65,16 @@ async def forward_openai(request: web.Request) -> web.StreamResponse:
     if wants_embeddings:
         body["input"] = await _fitted_input(request, model, body.get("input"))
         return await _forward(request, model.url + request.path, body)
-    check_openai_request(body)
     if body.get("tools") and request.path.endswith("/chat/completions"):
-        # The tools become a grammar: the same cost limits as any schema.
+        # Tools are checked by the tool module (its messages say exactly what is wrong); the
+        # rest of the request as any other, and the tools become a grammar with the same limits.
+        check_openai_request({key: value for key, value in body.items() if key != "tools"})
         check_schema_cost(body["tools"], "tools")
         with request.app[LOAD].generation():
             return await tools.chat(
                 request.app[SESSION], model.url, body, label, "openai", tools.openai_sampling(body)
             )
+    check_openai_request(body)
     with request.app[LOAD].generation():
         return await _forward_generation(request, model.url + request.path, body)
 

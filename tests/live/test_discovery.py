@@ -44,6 +44,7 @@ def test_an_openai_only_runtime_switches_to_the_kits_for_ollamas_api(
 ) -> None:
     """Work written for /api/* gets an Ollama-dialect runtime, started if none runs, and says so."""
     monkeypatch.setenv("LABKIT_BASE_URL", embedded.llama_url)  # speaks only /v1/*
+    monkeypatch.setenv("LABKIT_API_KEY", embedded.api_key)  # the kit's llama.cpp wants its key
     monkeypatch.setenv("LABKIT_EMBED_URL", embedded.embed_url)
     monkeypatch.setattr(discovery, "KNOWN_RUNTIMES", ())  # nothing else runs here
     rt = discovery.use_ollama_dialect()
