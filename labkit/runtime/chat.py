@@ -39,7 +39,6 @@ from labkit.runtime.common import (
 )
 from labkit.runtime.embed import TOKEN_BYTES
 from labkit.runtime.gguf import gguf_info
-from labkit.runtime.guard import check_schema_cost
 
 __all__ = [
     "Piece",
@@ -84,8 +83,6 @@ async def chat(request: web.Request) -> web.StreamResponse:
     if not model.chat:
         raise ApiError(400, f'"{label}" does not support chat')
     if body.get("tools"):  # any model can call tools here: decoding is constrained to them
-        # The tools become a grammar: the same cost limits as any schema.
-        check_schema_cost(body["tools"], "tools")
         with request.app[LOAD].generation():
             return await tools.chat(
                 request.app[SESSION], model.url, body, label, "ollama", sampling(body)

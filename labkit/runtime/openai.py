@@ -66,10 +66,9 @@ async def forward_openai(request: web.Request) -> web.StreamResponse:
         body["input"] = await _fitted_input(request, model, body.get("input"))
         return await _forward(request, model.url + request.path, body)
     if body.get("tools") and request.path.endswith("/chat/completions"):
-        # Tools are checked by the tool module (its messages say exactly what is wrong); the
-        # rest of the request as any other, and the tools become a grammar with the same limits.
+        # Tools are checked by the tool module (its messages say exactly what is wrong and it
+        # bounds their cost); the rest of the request as any other.
         check_openai_request({key: value for key, value in body.items() if key != "tools"})
-        check_schema_cost(body["tools"], "tools")
         with request.app[LOAD].generation():
             return await tools.chat(
                 request.app[SESSION], model.url, body, label, "openai", tools.openai_sampling(body)

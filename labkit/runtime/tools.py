@@ -27,6 +27,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from labkit.runtime.guard import check_schema_cost
+
 __all__ = [
     "ANSWER_FROM_RESULTS",
     "Tool",
@@ -229,6 +231,8 @@ async def chat(
     sampling: dict[str, Any],
 ) -> web.StreamResponse:
     """Answer a chat request that offers tools, in the dialect it came in."""
+    # The tools become a grammar: the same cost limits as any schema, in either dialect.
+    check_schema_cost(body.get("tools"), "tools")
     try:
         tools = parse_tools(body.get("tools"))
         messages = plain_messages(body.get("messages", []))

@@ -126,6 +126,26 @@ def test_bad_tools_get_a_400_that_says_why(url: str, model: str, path: str) -> N
 
 
 @pytest.mark.parametrize("path", ["/api/chat", "/v1/chat/completions"])
+def test_tools_too_costly_to_follow_are_refused_like_any_schema(
+    url: str, model: str, path: str
+) -> None:
+    """Tools become a grammar: a huge enum in their parameters must not stall everyone."""
+    cities = [f"city-{n}" for n in range(1000)]
+    costly = {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "parameters": {"type": "object", "properties": {"city": {"enum": cities}}},
+        },
+    }
+    body = {"model": model, "messages": ASK, "tools": [costly], "stream": False}
+    reply = requests.post(url + path, json=body, timeout=30)
+    assert reply.status_code == 400, reply.text
+    error = reply.json()["error"]
+    assert "tools" in (error["message"] if isinstance(error, dict) else error)
+
+
+@pytest.mark.parametrize("path", ["/api/chat", "/v1/chat/completions"])
 def test_a_call_cut_off_by_the_token_limit_is_an_error_not_half_a_call(
     url: str, model: str, path: str
 ) -> None:
