@@ -11,17 +11,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import signal
-import time
 from pathlib import Path
 from typing import Any
 
-import requests
-
 from labkit import runtime
+from labkit.runtime.server import wait_healthy
 
 # LM Studio's ids for the two models (what its /v1/models lists).
 LMSTUDIO_CHAT = "smollm2-135m-instruct"
@@ -45,17 +42,6 @@ def start_llama(model: Path, *, embedding: bool, threads: int) -> Any:
     else:
         params.n_ctx = 8192
     return xllamacpp.Server(params)
-
-
-def wait_healthy(url: str, timeout: float = 60.0) -> None:
-    """Poll llama.cpp's /health until it answers ok."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(requests.RequestException):
-            if requests.get(url + "/health", timeout=2).ok:
-                return
-        time.sleep(0.05)
-    raise SystemExit(f"llama.cpp at {url} did not become healthy in {timeout:.0f} s")
 
 
 async def router(chat_url: str, embed_url: str, stop: asyncio.Event) -> str:
@@ -119,7 +105,7 @@ async def serve(kind: str, record: Path, threads: int) -> None:
     chat = start_llama(runtime.chat_model_path(), embedding=False, threads=threads)
     embed = start_llama(runtime.embed_model_path(), embedding=True, threads=threads)
     for server in (chat, embed):
-        wait_healthy(server.listening_address)
+        wait_healthy(server.listening_address, timeout=60.0)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
