@@ -49,7 +49,12 @@ async def router(chat_url: str, embed_url: str, stop: asyncio.Event) -> str:
     import aiohttp
     from aiohttp import web
 
-    session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None))
+    # A new connection per request, as the kit's own front does: llama.cpp closes idle
+    # keep-alive connections, and reusing one it just closed turns into a spurious 500 here.
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(force_close=True),
+        timeout=aiohttp.ClientTimeout(total=None),
+    )
 
     async def models(_: web.Request) -> web.Response:
         data = [
