@@ -9,7 +9,8 @@ The whole pipeline in five lines::
     answer("How many days of annual leave?", index, client)   # text + cited sources
 
 One file per step: ``documents.py``, ``chunking.py``, ``embeddings.py``, ``index.py``,
-``gate.py`` (is the answer in the documents at all?), ``answer.py``, ``evaluation.py``
+``gate.py`` (is the answer in the documents at all?), ``rerank.py`` (a second look at the best
+chunks, sentence by sentence), ``answer.py``, ``evaluation.py``
 (recall@k, MRR, calibrating the gate, the chunking sweep) and ``quality.py`` (answer-level
 checks: correct, cited, grounded, refused). Token counts come from
 ``labkit.tokens``, the estimate the whole kit shares.
@@ -74,6 +75,7 @@ from labkit.rag.index import (
     make_faiss_index,
 )
 from labkit.rag.quality import AnswerReport, grade_answers
+from labkit.rag.rerank import SentenceReranker
 from labkit.tokens import LONG_WORD, exact_counter, truncate_tokens
 from labkit.tokens import estimate_tokens as count_tokens
 
@@ -111,6 +113,7 @@ __all__ = [
     "RagError",
     "ScoreGate",
     "Section",
+    "SentenceReranker",
     "Source",
     "answer",
     "answer_schema",

@@ -22,6 +22,7 @@ from labkit.errors import InvalidInput, LabkitError
 from labkit.rag.embeddings import Embedder
 from labkit.rag.gate import GATE_K, Gate, HybridGate
 from labkit.rag.index import Hit, Index
+from labkit.rag.rerank import SentenceReranker
 from labkit.tokens import estimate_tokens
 
 __all__ = [
@@ -264,17 +265,19 @@ def answer(
     max_tokens: int = 200,
     seed: int = 42,
     context: int | None = None,
+    reranker: SentenceReranker | None = None,
 ) -> Answer:
     """Answer from the index's documents with citations, or say they do not contain it.
 
     ``gate`` scores the top passages: below its threshold the documents are taken not to hold
     an answer and the model is not asked (default: ``HybridGate()``, see labkit/rag/gate.py).
     The ``k`` best passages go into the prompt; ``context`` is the model's window in tokens
-    (default: asked from the runtime).
+    (default: asked from the runtime). With a ``reranker`` the passages are the reranked ones;
+    the gate still scores plain search, the scale it was calibrated on.
     """
     found = index.search(question, max(k, GATE_K))
     gate = gate if gate is not None else HybridGate()
-    hits = found[:k]
+    hits = found[:k] if reranker is None else reranker.search(index, question, k)
     if not hits or gate.score(question, found, index) < gate.threshold:
         # Nothing close enough: asking the model anyway invites an invented answer.
         return Answer(NOT_FOUND, [], [], found=False)

@@ -15,7 +15,7 @@ from labkit.errors import InvalidInput
 from labkit.rag.documents import Document
 from labkit.tokens import TokenCounter, estimate_tokens, pack, split_text
 
-__all__ = ["CHUNK_OVERLAP", "CHUNK_SIZE", "Chunk", "chunk_document", "chunk_documents"]
+__all__ = ["CHUNK_OVERLAP", "CHUNK_SIZE", "Chunk", "chunk_document", "chunk_documents", "sentences"]
 
 
 # all-MiniLM-L6-v2 reads at most 256 word pieces (two of them [CLS] and [SEP]) and was trained
@@ -169,6 +169,13 @@ def chunk_document(
                 )
             )
     return chunks
+
+
+def sentences(text: str, min_words: int = 3) -> list[str]:
+    """The sentences (and list items and table rows) of ``text`` with ``min_words`` words or more."""
+    # Markdown marks ("- ", "## ", "| ") carry no meaning for an embedding model.
+    pieces = (piece.strip(" \t-*#|>") for piece in _SENTENCE_END.split(text))
+    return [piece for piece in pieces if len(piece.split()) >= min_words]
 
 
 def chunk_documents(

@@ -30,6 +30,7 @@ from labkit.rag.documents import Document
 from labkit.rag.embeddings import Embedder, EmbeddingCache
 from labkit.rag.gate import GATE_K, Gate, HybridGate, ScoreGate
 from labkit.rag.index import Hit, Index, build_index
+from labkit.rag.rerank import SentenceReranker
 
 __all__ = [
     "ANSWERABLE",
@@ -169,11 +170,19 @@ def score_hits(
 
 
 def evaluate(
-    index: Index, questions: Sequence[Question], ks: Sequence[int] = (1, 3, 5)
+    index: Index,
+    questions: Sequence[Question],
+    ks: Sequence[int] = (1, 3, 5),
+    *,
+    reranker: SentenceReranker | None = None,
 ) -> dict[str, float]:
     """recall@k (see score_hits) and MRR of ``index`` on the answerable questions."""
     answerable = [q for q in questions if q.answerable]
-    results = index.search_many([q.question for q in answerable], max(ks))
+    queries = [q.question for q in answerable]
+    if reranker is None:
+        results = index.search_many(queries, max(ks))
+    else:
+        results = reranker.search_many(index, queries, max(ks))
     return score_hits(answerable, results, ks)
 
 

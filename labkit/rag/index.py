@@ -219,13 +219,22 @@ class Index:
         results = []
         for row_scores, row_ids in zip(scores, ids, strict=True):
             found = [(float(s), int(i)) for s, i in zip(row_scores, row_ids, strict=True) if i >= 0]
-            if superseded_penalty:
-                found = self._current_first(found, superseded_penalty)
-            found.sort(key=lambda pair: -pair[0])
-            results.append(
-                [Hit(self.chunks[i], s, rank) for rank, (s, i) in enumerate(found[:k], start=1)]
-            )
+            results.append(self.ranked(found, k, superseded_penalty=superseded_penalty))
         return results
+
+    def ranked(
+        self,
+        found: Sequence[tuple[float, int]],
+        k: int,
+        *,
+        superseded_penalty: float = SUPERSEDED_PENALTY,
+    ) -> list[Hit]:
+        """The best ``k`` of (score, chunk number) pairs as hits, current versions first."""
+        pairs = list(found)
+        if superseded_penalty:
+            pairs = self._current_first(pairs, superseded_penalty)
+        pairs.sort(key=lambda pair: -pair[0])
+        return [Hit(self.chunks[i], s, rank) for rank, (s, i) in enumerate(pairs[:k], start=1)]
 
     def _current_first(
         self, found: list[tuple[float, int]], penalty: float
