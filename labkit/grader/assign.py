@@ -47,12 +47,11 @@ from labkit.grader.exercise import (
     OverwriteRefused,
     Question,
     TestCase,
-    _json_bytes,
     exercise_from_dict,
     load_key,
     work_fingerprint,
 )
-from labkit.grader.parse import _resolve_points, parse_master
+from labkit.grader.parse import parse_master
 
 __all__ = [
     "KEY_DIR",
@@ -66,8 +65,6 @@ __all__ = [
     "OverwriteRefused",
     "Question",
     "TestCase",
-    "_json_bytes",
-    "_resolve_points",
     "add_arguments",
     "assert_in_sync",
     "assign",

@@ -7,8 +7,8 @@ import io
 from pathlib import Path
 from typing import Any
 
-from labkit.grader import assign
 from labkit.grader.assign import Exercise, write_atomic
+from labkit.grader.exercise import _json_bytes
 
 __all__ = ["feedback", "pass_rates"]
 
@@ -70,7 +70,7 @@ def _write_outputs(
     write_atomic(out / "pass_rates.csv", rate_table.getvalue().encode("utf-8"))
     write_atomic(out / "pass_rates.png", _plot(exercise, rates))
     kept = {r["learner"]: {k: v for k, v in r.items() if k != "executed"} for r in results}
-    write_atomic(out / "state.json", assign._json_bytes({"key": key_hash, "results": kept}))
+    write_atomic(out / "state.json", _json_bytes({"key": key_hash, "results": kept}))
 
 
 def pass_rates(exercise: Exercise, results: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 from labkit.grader import assign
 from labkit.grader.assign import Exercise
 from labkit.grader.cache import ReplyCache
+from labkit.grader.exercise import _json_bytes
 from labkit.grader.kernels import PRELOAD, _alive
 from labkit.grader.notebook import _empty_result, _grade_in_worker, _init_worker
 from labkit.grader.report import _write_outputs
@@ -172,7 +173,7 @@ def grade(
     out.mkdir(parents=True, exist_ok=True)
     if sandbox:
         os.chmod(out, 0o700)  # the gradebook is for the instructor only
-    key_bytes = assign._json_bytes(exercise.to_key())
+    key_bytes = _json_bytes(exercise.to_key())
     key_hash = hashlib.sha256(key_bytes).hexdigest()
     state = _load_state(out / "state.json")
     previous = state.get("results", {}) if state.get("key") == key_hash else {}
@@ -261,7 +262,7 @@ def _grade_all(
     run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=SCRATCH_BASE))
     os.chmod(run_dir, 0o711)
     (run_dir / "owner.pid").write_text(str(os.getpid()))
-    public = assign._json_bytes(exercise.to_public())
+    public = _json_bytes(exercise.to_public())
     extra = []
     # Files the notebook reads sit next to the master, and next to the generated exercise.
     base = master_path.resolve().parent if master_path else root / assign.LEARNER_DIR

@@ -11,7 +11,7 @@ import nbformat
 import pytest
 
 from labkit.cli import main
-from labkit.grader import assign
+from labkit.grader import assign, parse
 from labkit.grader.assign import MasterFormatError, OverwriteRefused
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "grading"
@@ -211,7 +211,7 @@ def test_points_follow_otters_rules(
         assign.TestCase(f"t{i}", "pass", "output", -1.0 if p is None else float(p))
         for i, p in enumerate(test_points)
     ]
-    assert assign._resolve_points(question_points, tests, "q", "m") == expected
+    assert parse._resolve_points(question_points, tests, "q", "m") == expected
 
 
 @pytest.mark.parametrize(
