@@ -7,6 +7,8 @@ embedding model; the recall goal is only checked with the real all-MiniLM-L6-v2 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -361,3 +363,26 @@ def test_sweep_rows_agree_with_evaluate(
 def test_calibration_needs_both_kinds(handbook: Index, questions: list[Question]) -> None:
     with pytest.raises(RagError, match="both"):
         calibrate_threshold(handbook, [q for q in questions if q.answerable])
+
+
+def test_the_eval_bench_prints_both_parts_and_fails_while_a_goal_is_missed(minilm: Index) -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "rag_eval.py")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    lines = done.stdout.splitlines()
+    for name in ("plain", "sentence rerank", "cosine >=", "HybridGate (default)"):
+        rows = [line.split() for line in lines if line.startswith(name)]
+        parts = {word for row in rows for word in row if word in ("calibration", "holdout")}
+        assert len(rows) == 2 and parts == {"calibration", "holdout"}, (
+            name,
+            done.stdout,
+            done.stderr,
+        )
+    verdict = done.stdout.split("Held-out goals:")[1]
+    assert done.returncode == (1 if "✘" in verdict else 0), done.stdout
+    goal_rows = [line for line in lines if "  goal " in line]
+    assert len(goal_rows) == 4 and all("holdout" in line for line in goal_rows)
