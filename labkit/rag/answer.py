@@ -275,9 +275,10 @@ def answer(
     (default: asked from the runtime). With a ``reranker`` the passages are the reranked ones;
     the gate still scores plain search, the scale it was calibrated on.
     """
-    found = index.search(question, max(k, GATE_K))
+    vectors = index.embed_queries([question])  # once, for plain search and the reranker
+    found = index.search_vectors(vectors, max(k, GATE_K))[0]
     gate = gate if gate is not None else HybridGate()
-    hits = found[:k] if reranker is None else reranker.search(index, question, k)
+    hits = found[:k] if reranker is None else reranker.search_vectors(index, vectors, k)[0]
     if not hits or gate.score(question, found, index) < gate.threshold:
         # Nothing close enough: asking the model anyway invites an invented answer.
         return Answer(NOT_FOUND, [], [], found=False)

@@ -172,13 +172,14 @@ class Index:
 
     def embed_queries(self, queries: Sequence[str]) -> np.ndarray:
         """Embed queries with the index's own model, refusing vectors of another size."""
+        return self.embed([_check_query(q) for q in queries])
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed texts with the index's own model and cache, refusing vectors of another size."""
         if self.client is None:
-            raise RagError(
-                "This index has no client to embed queries: Index.load(path, client=...)."
-            )
-        queries = [_check_query(q) for q in queries]
+            raise RagError("This index has no client to embed with: Index.load(path, client=...).")
         vectors = embed_texts(
-            queries, self.client, model=self.model, cache=self.cache, progress=False
+            texts, self.client, model=self.model, cache=self.cache, progress=False
         )
         if vectors.shape[1] != self.dim:
             raise EmbeddingMismatch(
@@ -215,12 +216,18 @@ class Index:
             raise InvalidInput(f"k must be at least 1, not {k}.")
         # Fetch extra candidates: penalised chunks may drop out of the top k.
         wanted = min(len(self.chunks), 2 * k + 5) if superseded_penalty else k
-        scores, ids = self.faiss.search(np.ascontiguousarray(vectors, dtype=np.float32), wanted)
-        results = []
-        for row_scores, row_ids in zip(scores, ids, strict=True):
-            found = [(float(s), int(i)) for s, i in zip(row_scores, row_ids, strict=True) if i >= 0]
-            results.append(self.ranked(found, k, superseded_penalty=superseded_penalty))
-        return results
+        return [
+            self.ranked(found, k, superseded_penalty=superseded_penalty)
+            for found in self.candidates(vectors, wanted)
+        ]
+
+    def candidates(self, vectors: np.ndarray, n: int) -> list[list[tuple[float, int]]]:
+        """The ``n`` most similar chunks to each query row: (cosine, chunk number), best first."""
+        scores, ids = self.faiss.search(np.ascontiguousarray(vectors, dtype=np.float32), n)
+        return [
+            [(float(s), int(i)) for s, i in zip(row_scores, row_ids, strict=True) if i >= 0]
+            for row_scores, row_ids in zip(scores, ids, strict=True)
+        ]
 
     def ranked(
         self,

@@ -27,9 +27,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from labkit.errors import InvalidInput, RagError
+from labkit.errors import InvalidInput
 from labkit.rag.chunking import Chunk, sentences
-from labkit.rag.embeddings import embed_texts
 from labkit.rag.index import SUPERSEDED_PENALTY, Hit, Index
 
 __all__ = ["CANDIDATES", "SENTENCE_WEIGHT", "SentenceReranker"]
@@ -75,36 +74,42 @@ class SentenceReranker:
         superseded_penalty: float = SUPERSEDED_PENALTY,
     ) -> list[list[Hit]]:
         """Rerank several queries (one embedding request for the queries, one per new chunk set)."""
+        vectors = index.embed_queries(queries)
+        return self.search_vectors(index, vectors, k, superseded_penalty=superseded_penalty)
+
+    def search_vectors(
+        self,
+        index: Index,
+        vectors: np.ndarray,
+        k: int = 3,
+        *,
+        superseded_penalty: float = SUPERSEDED_PENALTY,
+    ) -> list[list[Hit]]:
+        """Rerank with ready-made query vectors, one row per query."""
         if k < 1:
             raise InvalidInput(f"k must be at least 1, not {k}.")
-        vectors = index.embed_queries(queries)
         # Plain cosine for the candidates: the superseded penalty is applied once, at the end.
-        pool = index.search_vectors(vectors, max(k, self.candidates), superseded_penalty=0)
-        self._embed_sentences(index, [hit.chunk for hits in pool for hit in hits])
-        position = {chunk.id: i for i, chunk in enumerate(index.chunks)}
-        results = []
-        for vector, hits in zip(vectors, pool, strict=True):
-            rescored = [(self._blend(vector, hit), position[hit.chunk.id]) for hit in hits]
-            results.append(index.ranked(rescored, k, superseded_penalty=superseded_penalty))
-        return results
+        pool = index.candidates(vectors, max(k, self.candidates))
+        self._embed_sentences(index, [index.chunks[i] for found in pool for _, i in found])
+        return [
+            index.ranked(
+                [(self._blend(vector, score, index.chunks[i]), i) for score, i in found],
+                k,
+                superseded_penalty=superseded_penalty,
+            )
+            for vector, found in zip(vectors, pool, strict=True)
+        ]
 
-    def _blend(self, query: np.ndarray, hit: Hit) -> float:
-        sentence_vectors = self._vectors[hit.chunk.id]
+    def _blend(self, query: np.ndarray, score: float, chunk: Chunk) -> float:
+        sentence_vectors = self._vectors[chunk.id]
         # A chunk of only headings or fragments has no sentence: its whole text stands in.
-        best = float(np.max(sentence_vectors @ query)) if len(sentence_vectors) else hit.score
-        return (1 - self.sentence_weight) * hit.score + self.sentence_weight * best
+        best = float(np.max(sentence_vectors @ query)) if len(sentence_vectors) else score
+        return (1 - self.sentence_weight) * score + self.sentence_weight * best
 
     def _embed_sentences(self, index: Index, chunks: Sequence[Chunk]) -> None:
         new = {c.id: sentences(c.text) for c in chunks if c.id not in self._vectors}
         flat = [text for pieces in new.values() for text in pieces]
-        if not flat:
-            self._vectors.update({chunk_id: np.zeros((0, index.dim)) for chunk_id in new})
-            return
-        if index.client is None:
-            raise RagError("This index has no client to embed with: Index.load(path, client=...).")
-        vectors = embed_texts(
-            flat, index.client, model=index.model, cache=index.cache, progress=False
-        )
+        vectors = index.embed(flat) if flat else np.zeros((0, index.dim), dtype=np.float32)
         at = 0
         for chunk_id, pieces in new.items():
             self._vectors[chunk_id] = vectors[at : at + len(pieces)]
