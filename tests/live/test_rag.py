@@ -550,8 +550,12 @@ def test_a_small_window_keeps_the_best_passages_only(index: Index, client: Clien
     full = answer(question, index, client, k=3, max_tokens=40, gate=rag.ScoreGate(0))
     small = answer(question, index, client, k=3, max_tokens=40, gate=rag.ScoreGate(0), context=330)
     assert len(full.passages) == 3 and not full.dropped
-    assert 1 <= len(small.passages) < 3 and small.passages == full.passages[: len(small.passages)]
-    assert small.dropped == full.passages[len(small.passages) :]
+    # Compared by chunk and rank: each answer() embeds the question anew, and the server's
+    # batching with other requests can move a cosine in its 7th digit.
+    passages = [(h.chunk.id, h.rank) for h in full.passages]
+    kept = [(h.chunk.id, h.rank) for h in small.passages]
+    assert 1 <= len(kept) < 3 and kept == passages[: len(kept)]
+    assert [(h.chunk.id, h.rank) for h in small.dropped] == passages[len(kept) :]
     with pytest.raises(InvalidInput, match="no room"):
         answer(question, index, client, max_tokens=40, gate=rag.ScoreGate(0), context=60)
 
