@@ -33,6 +33,7 @@ __all__ = [
     "Answer",
     "Chatter",
     "answer",
+    "answer_chars",
     "answer_schema",
     "build_prompt",
     "cited_passages",
@@ -55,7 +56,7 @@ SYSTEM_PROMPT = (
 )
 
 
-def answer_schema(passages: int) -> dict[str, Any]:
+def answer_schema(passages: int, max_chars: int = 600) -> dict[str, Any]:
     """The JSON schema of a reply: the passages cited (at least one), then the answer.
 
     Citations come first so that a model decoding under the schema picks its passages before
@@ -70,13 +71,21 @@ def answer_schema(passages: int) -> dict[str, Any]:
                 "minItems": 1,
                 "maxItems": passages,
             },
-            "answer": {"type": "string", "maxLength": 600},
+            "answer": {"type": "string", "maxLength": max_chars},
         },
         "required": ["citations", "answer"],
     }
 
 
 ANSWER_SCHEMA = answer_schema(3)
+
+
+def answer_chars(max_tokens: int) -> int:
+    """The longest answer (in characters) whose JSON reply still closes within ``max_tokens``."""
+    # The braces, the citations and the newlines and indentation the grammar allows take about
+    # 30 tokens; English runs about 4 characters a token, so 3 per token left is a safe bound.
+    # Without it a long answer is cut off mid-string and the reply is no longer JSON.
+    return max(20, min(600, 3 * (max_tokens - 30)))
 
 
 def format_passages(hits: Sequence[Hit]) -> str:
@@ -301,7 +310,7 @@ def answer(
         return Answer(NOT_FOUND, [], [], found=False, dropped=dropped)
     reply = client.chat(
         build_prompt(question, passages),
-        format=answer_schema(len(passages)),
+        format=answer_schema(len(passages), answer_chars(max_tokens)),
         temperature=0.0,
         seed=seed,
         max_tokens=max_tokens,

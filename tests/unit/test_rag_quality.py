@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from labkit.rag import NOT_FOUND, Answer, Chunk, Hit, answer_schema
-from labkit.rag.answer import _read_reply
+from labkit.rag.answer import _read_reply, answer_chars
 from labkit.rag.evaluation import Question, Source
 from labkit.rag.quality import AnswerReport, check_answer, numbers
 
@@ -78,3 +78,10 @@ def test_reading_replies_structured_or_not() -> None:
     assert cited == [passages[0]] and not structured
     text, cited, structured = _read_reply('{"answer": 5}', passages)  # wrong shape: plain text
     assert not structured and cited == []
+
+
+def test_the_answer_bound_leaves_room_to_close_the_json() -> None:
+    # ~30 tokens of braces and citations, then 3 characters per token left, 20 to 600.
+    assert [answer_chars(n) for n in (10, 40, 80, 200, 1000)] == [20, 30, 150, 510, 600]
+    assert answer_schema(3, answer_chars(80))["properties"]["answer"]["maxLength"] == 150
+    assert answer_schema(3)["properties"]["answer"]["maxLength"] == 600
