@@ -258,7 +258,8 @@ async def chat(
         try:
             call = json.loads(text)
         except ValueError:  # cut off by max_tokens: no call can be made from half of one
-            return _error(dialect, 500, "the tool call was cut off: raise the token limit")
+            limit = "options.num_predict" if dialect == "ollama" else "max_tokens"
+            return _error(dialect, 500, f"the tool call was cut off: raise {limit}")
     usage = data.get("usage") or {}
     if dialect == "ollama":
         whole = ollama_reply(label, text, call, usage)

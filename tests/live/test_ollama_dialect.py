@@ -192,7 +192,7 @@ def test_client_errors_and_model_names(client: ollama.Client) -> None:
     assert latest.value.status_code == 404
     # Tools work with any model here: decoding is constrained to the tools (tests/live/test_tools.py).
     tool = {"type": "function", "function": {"name": "f"}}
-    called = client.chat(CHAT, messages=HELLO, tools=[tool], options={"num_predict": 40})
+    called = client.chat(CHAT, messages=HELLO, tools=[tool], options={**QUICK, "num_predict": 40})
     assert [call.function.name for call in called.message.tool_calls or []] == ["f"]
     assert client.pull(CHAT).status == "success"  # already here: nothing to download
     with pytest.raises(ollama.ResponseError) as pulled:
