@@ -281,6 +281,7 @@ class _Kernel:
     scratch: Path
     uid: int
     gid: int
+    box_pid: int = 0  # host pid of a process in its box (namespaces to join), while it runs
     forwarder: Any = None  # the server that pipes its runtime port out of its network
     embed_forwarder: Any = None  # the same for $LABKIT_EMBED_URL's server, when one is set
 
@@ -337,7 +338,7 @@ class _Worker:
                 "network": self.settings.network,
             }
         await km.start_kernel(cwd=str(scratch), env=_kernel_env(self.settings, scratch, name))
-        kernel = _Kernel(km=km, scratch=scratch, uid=uid, gid=gid)
+        kernel = _Kernel(km=km, scratch=scratch, uid=uid, gid=gid, box_pid=provisioner.pid)
         if self.settings.sandbox and self.settings.network == "runtime":
             try:
                 port = urlsplit(self.settings.runtime_url).port or 80

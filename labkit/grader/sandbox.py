@@ -70,6 +70,10 @@ def enter_sandbox(spec: dict[str, Any]) -> None:
     must not see (keeping chosen sub-folders, re-attached from file descriptors opened
     before the cover went on), sets resource limits, and only then gives up root. It uses
     the standard library only, so a bare ``python -I -S`` can run it too.
+
+    With ``spec["join"]`` set to the pid of a process in a kernel's box, it enters that
+    box's mount and network namespaces instead (same files, same 127.0.0.1, not the same
+    processes), then sets limits and drops to ``spec``'s user the same way.
     """
     import ctypes
     import os
@@ -93,14 +97,28 @@ def enter_sandbox(spec: dict[str, Any]) -> None:
         )
         call(rc, f"mount {target}")
 
-    # New mount namespace, and a network of its own (just loopback) unless asked otherwise.
-    flags = 0x00020000 | (0x40000000 if spec.get("network") == "runtime" else 0)
-    call(libc.unshare(flags), "unshare (needs root with CAP_SYS_ADMIN)")
-    mount(None, "/", None, ms_rec | ms_private, "")  # our mounts stay in this namespace
-    # A /proc of its own that lists only the grading user's processes (hidepid): the
-    # grader's command line and other kernels stay out of sight.
-    mount("proc", "/proc", "proc", ms_nosuid | ms_nodev | 8, "hidepid=2")  # 8: MS_NOEXEC
-    for target, keeps, mode in spec["covers"]:
+    if spec.get("join"):
+        # Step into an existing box's files and network (both opened before either is
+        # entered: once in its mounts, /proc is the box's own). Its covers are there already.
+        box = spec["join"]
+        handles = [os.open(f"/proc/{box}/ns/{name}", os.O_RDONLY) for name in ("mnt", "net")]
+        try:
+            for fd, kind in zip(handles, (0x00020000, 0x40000000), strict=True):
+                call(libc.setns(fd, kind), f"setns into process {box}'s namespaces")
+        finally:
+            for fd in handles:
+                os.close(fd)
+        covers = []
+    else:
+        # New mount namespace, and a network of its own (just loopback) unless asked otherwise.
+        flags = 0x00020000 | (0x40000000 if spec.get("network") == "runtime" else 0)
+        call(libc.unshare(flags), "unshare (needs root with CAP_SYS_ADMIN)")
+        mount(None, "/", None, ms_rec | ms_private, "")  # our mounts stay in this namespace
+        # A /proc of its own that lists only the grading user's processes (hidepid): the
+        # grader's command line and other kernels stay out of sight.
+        mount("proc", "/proc", "proc", ms_nosuid | ms_nodev | 8, "hidepid=2")  # 8: MS_NOEXEC
+        covers = spec["covers"]
+    for target, keeps, mode in covers:
         if not os.path.lexists(target):  # under an earlier cover: hidden already
             continue
         if os.path.isfile(target):  # a single file: show /dev/null in its place

@@ -14,7 +14,7 @@ from typing import Any
 
 from labkit.grader.settings import SCRATCH_BASE, GradingError
 
-__all__ = ["MAX_SLOTS", "USER_PREFIX", "Slots", "kill_user_processes"]
+__all__ = ["MAX_SLOTS", "USER_PREFIX", "Slots", "kill_user_processes", "tester_user"]
 
 
 USER_PREFIX = "labkit-grader-"
@@ -25,7 +25,16 @@ MAX_SLOTS = 32  # parallel grading workers per machine, across all grading runs
 
 def _grading_user(number: int) -> tuple[int, int, str]:
     """The (uid, gid, name) of grading user ``number``, created if missing."""
-    name = f"{USER_PREFIX}{number}"
+    return _system_user(f"{USER_PREFIX}{number}")
+
+
+def tester_user(number: int) -> tuple[int, int, str]:
+    """The (uid, gid, name) that runs the tests of worker slot ``number`` (no kernel's user)."""
+    return _system_user(f"{USER_PREFIX}tester-{number}")
+
+
+def _system_user(name: str) -> tuple[int, int, str]:
+    """The (uid, gid) of system user ``name`` with a group of its own, created if missing."""
     for attempt in range(2):
         try:
             entry = pwd.getpwnam(name)
