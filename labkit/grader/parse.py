@@ -26,9 +26,14 @@ from labkit.grader.exercise import (
 )
 from labkit.grader.versions import (
     _Cell,
+    _check_syntax,
     _learner_code,
     _notebook_bytes,
+    _notebook_names,
+    _refuse_leftover_markers,
+    _refuse_unmarked_solution,
     _solution_code,
+    _undefined_names,
     _with_boilerplate,
 )
 
@@ -54,6 +59,22 @@ _END_TEST_CONFIG = re.compile(r"^\s*(\"\"\"|''')\s*;?\s*#\s*END TEST CONFIG\s*$"
 
 
 _IGNORE_LINE = re.compile(r"#\s*IGNORE\s*$")
+
+
+# "(2 points)", "(1 point)", "[3 pts]" in a question's text: what learners are told it is worth.
+_HEADING_POINTS = re.compile(
+    r"[(\[]\s*(\d+(?:\.\d+)?)\s*(?:points?|pts?)\.?\s*[)\]]", re.IGNORECASE
+)
+
+
+# The settings each YAML block may hold. Otter's own keys that labkit has no use for are
+# accepted with a note; anything else is most likely a typo that would change a score.
+_ASSIGNMENT_KEYS = frozenset({"name", "files", "check_all_cell", "tests"})
+_QUESTION_KEYS = frozenset({"name", "points", "manual", "check_cell"})
+_TEST_KEYS = frozenset(
+    {"hidden", "points", "success_message", "failure_message", "name", "description"}
+)
+_OTTER_ONLY_KEYS = frozenset({"export"})
 
 
 def _first_line(text: str) -> str:
@@ -95,6 +116,7 @@ class _Parse:
     questions: list[Question] = field(default_factory=list)
     raw_tests: dict[str, list[tuple[str, str | None, str]]] = field(default_factory=dict)
     question_points: dict[str, Any] = field(default_factory=dict)
+    headings: dict[str, str] = field(default_factory=dict)  # question -> its Markdown text
     warnings: list[str] = field(default_factory=list)
     uses_not_implemented: bool = False
 
@@ -163,7 +185,13 @@ def _walk(cells: list[Any], st: _Parse) -> None:
         cell_id = str(cell.get("id") or "")
         tags = [str(t) for t in cell.get("metadata", {}).get("tags", [])]
         if kind == "raw" and _CONFIG_CELL.match(first):
-            st.config = _yaml(text, where)
+            st.config = _yaml("\n".join(text.splitlines()[1:]), where)
+            unused = sorted(set(st.config) - _ASSIGNMENT_KEYS)
+            if unused:
+                st.warnings.append(
+                    f"{where}: labkit does not use these ASSIGNMENT CONFIG keys: "
+                    f"{', '.join(unused)} (it reads {', '.join(sorted(_ASSIGNMENT_KEYS))})."
+                )
             continue
         if kind == "raw" and (m := _BOUNDARY.match(first)):
             edge, what = m.group(1).lower(), m.group(2).lower()
@@ -212,12 +240,22 @@ def _walk(cells: list[Any], st: _Parse) -> None:
             if kind == "code":
                 st.raw_tests.setdefault(str(qname), []).append((text, _test_outputs(cell), where))
             continue
+        if kind == "markdown" and qname and block in (None, "prompt"):
+            st.headings[qname] = st.headings.get(qname, "") + text + "\n"
         if block == "prompt":
+            if kind == "code":
+                _refuse_leftover_markers(text, where)
             st.learner.append(_Cell(kind, text, cell_id, tags))
             continue
         if kind == "code":
-            st.learner.append(_Cell(kind, _learner_code(text, qname, st, where), cell_id, tags))
-            st.solution.append(_Cell(kind, _solution_code(text, where), cell_id, tags))
+            if block == "solution":
+                _refuse_unmarked_solution(text, where)
+            learner = _learner_code(text, qname, st, where)
+            _refuse_leftover_markers(learner, where)
+            solution = _solution_code(text, where)
+            st.warnings.extend(_check_syntax(solution, learner, where))
+            st.learner.append(_Cell(kind, learner, cell_id, tags))
+            st.solution.append(_Cell(kind, solution, cell_id, tags))
         elif block == "solution":
             had_md_solution = True
             st.solution.append(_Cell(kind, text, cell_id, tags))
@@ -240,9 +278,34 @@ def _question_config(text: str, where: str, st: _Parse) -> dict[str, Any]:
         )
     if any(q.name == name for q in st.questions):
         raise MasterFormatError(f"{where}: question name {name!r} is used twice.")
+    st.warnings.extend(_unknown_keys(config, _QUESTION_KEYS, f"{where} (question {name})"))
+    _require_bool(config, ("manual", "check_cell"), where)
     st.questions.append(Question(name=name, points=0.0, manual=bool(config.get("manual"))))
     st.question_points[name] = config.get("points")
     return config
+
+
+def _unknown_keys(config: dict[str, Any], known: frozenset[str], where: str) -> list[str]:
+    """A warning per key labkit would silently ignore."""
+    warnings = []
+    for key in sorted(set(config) - known):
+        if key in _OTTER_ONLY_KEYS:
+            warnings.append(f"{where}: `{key}:` is an otter setting labkit ignores.")
+        else:
+            warnings.append(
+                f"{where}: `{key}:` is not a setting here, so it is ignored "
+                f"(known: {', '.join(sorted(known))}). Is it a typo?"
+            )
+    return warnings
+
+
+def _require_bool(config: dict[str, Any], keys: tuple[str, ...], where: str) -> None:
+    """Refuse ``hidden: "false"`` and the like: a string would count as true."""
+    for key in keys:
+        if key in config and not isinstance(config[key], bool):
+            raise MasterFormatError(
+                f"{where}: `{key}: {config[key]!r}` must be true or false (without quotes)."
+            )
 
 
 def _add_check_cell(config: dict[str, Any], st: _Parse) -> None:
@@ -270,22 +333,30 @@ def _test_outputs(cell: Any) -> str | None:
 def _finish_questions(st: _Parse) -> list[Question]:
     function_tests = st.config.get("tests", {}) or {}
     ok_format = function_tests.get("ok_format", True) if isinstance(function_tests, dict) else True
+    notebook = _notebook_names(st.solution)
     for q in st.questions:
         raw = st.raw_tests.get(q.name, [])
         tests = [
-            _test_case(q.name, i + 1, text, outputs, where, ok_format)
+            _test_case(q.name, i + 1, text, outputs, where, ok_format, st.warnings)
             for i, (text, outputs, where) in enumerate(raw)
         ]
-        points = _resolve_points(st.question_points.get(q.name), tests, q.name, st.where)
+        given = st.question_points.get(q.name)
+        points = _resolve_points(given, tests, q.name, st.where)
+        st.warnings.extend(_points_warnings(q, given, tests, points))
         for test, value in zip(tests, points, strict=True):
             test.points = value
         q.tests = tests
         q.points = float(round(sum(points), 6))
-        given = st.question_points.get(q.name)
         if q.manual and not tests and isinstance(given, (int, float)):
             q.points = float(given)  # a person grades it: its worth is what the master says
         if not q.manual and not tests:
             st.warnings.append(f"{q.name} has no tests, so it is worth 0 points.")
+        heading = _HEADING_POINTS.search(st.headings.get(q.name, ""))
+        if heading and abs(float(heading.group(1)) - q.points) > 1e-6:
+            st.warnings.append(
+                f"{q.name}: its text says {heading.group(0)}, but it is worth {q.points:g} "
+                f"({_worth(tests, given)}). Make the two agree."
+            )
         for test in tests:
             if test.kind == "output" and test.expected is None and _ends_in_value(test.code):
                 st.warnings.append(
@@ -293,11 +364,72 @@ def _finish_questions(st: _Parse) -> list[Question]:
                     "so it passes whenever it raises no error. Run the master notebook before "
                     "`labkit assign` to record the expected output, or use `assert`."
                 )
+            if notebook is not None:
+                missing = _undefined_names(test.code, test.kind == "function", notebook)
+                if missing:
+                    st.warnings.append(
+                        f"{test.name} uses {', '.join(f'`{n}`' for n in missing)}, which "
+                        "neither the test nor the solution notebook defines: it would fail "
+                        "for everyone. Import or define it in the test, or fix the spelling."
+                    )
     return st.questions
 
 
+def _worth(tests: list[TestCase], given: Any) -> str:
+    """Where a question's points came from, in words."""
+    if not tests:
+        return "it has no tests"
+    if given is None and all(t.points < 0 for t in tests):
+        return "no points given anywhere: 1 by default"
+    return "the sum of its tests' points"
+
+
+def _points_warnings(
+    q: Question, given: Any, tests: list[TestCase], points: list[float]
+) -> list[str]:
+    """Where the points a master gives disagree with each other or are left to defaults."""
+    if not tests or q.manual:
+        return []
+    unset = [t.name for t in tests if t.points < 0]
+    set_total = sum(t.points for t in tests if t.points >= 0)
+    if isinstance(given, list):
+        differ = [t.name for t, p in zip(tests, given, strict=True) if 0 <= t.points != p]
+        if differ:
+            return [
+                f"{q.name}: the `points:` list of the question overrides the points of "
+                f"{', '.join(differ)}. Give points in one place only."
+            ]
+        return []
+    if given is None and len(unset) == len(tests):
+        return [
+            f"{q.name}: neither the question nor its tests give `points:`, so it is worth 1 "
+            "point. Add `points: N` to its # BEGIN QUESTION cell (split evenly across its "
+            "tests) or to each test's TEST CONFIG."
+        ]
+    zero = [t.name for t, p in zip(tests, points, strict=True) if t.points < 0 and p == 0]
+    if zero:
+        why = (
+            "the question gives no `points:` to share"
+            if given is None
+            else f"the other tests already use all {given:g} of the question's points"
+        )
+        return [f"{q.name}: {', '.join(zero)} give no `points:` and {why}, so they are worth 0."]
+    if given is not None and not unset and abs(set_total - float(given)) > 1e-6:
+        return [
+            f"{q.name}: `points: {given:g}` in # BEGIN QUESTION is ignored: its tests give "
+            f"{set_total:g} points in all. Make them agree, or drop one of them."
+        ]
+    return []
+
+
 def _test_case(
-    question: str, number: int, text: str, outputs: str | None, where: str, ok_format: bool
+    question: str,
+    number: int,
+    text: str,
+    outputs: str | None,
+    where: str,
+    ok_format: bool,
+    warnings: list[str],
 ) -> TestCase:
     lines = text.splitlines()
     config: dict[str, Any] = {}
@@ -310,6 +442,8 @@ def _test_case(
             raise MasterFormatError(f"{where}: # BEGIN TEST CONFIG is never closed.")
         config.update(_yaml("\n".join(lines[1:end]), where))
         lines = lines[end + 1 :]
+        warnings.extend(_unknown_keys(config, _TEST_KEYS, f"{where} (TEST CONFIG)"))
+        _require_bool(config, ("hidden",), where)
     code = "\n".join(line for line in lines if not _IGNORE_LINE.search(line)).strip("\n")
     try:
         tree = ast.parse(code)
@@ -320,6 +454,12 @@ def _test_case(
         raise MasterFormatError(f"{where}: this test defines no function named test_...")
     description = str(config.get("description") or _describe(tree, code))
     points = config.get("points")
+    if points is not None and (not isinstance(points, (int, float)) or isinstance(points, bool)):
+        raise MasterFormatError(
+            f"{where}: `points: {points!r}` must be a number, such as 1 or 0.5."
+        )
+    if isinstance(points, (int, float)) and points < 0:
+        raise MasterFormatError(f"{where}: `points: {points}` must not be negative.")
     return TestCase(
         name=str(config.get("name") or f"{question}.{number}"),
         code=code,

@@ -5,6 +5,12 @@ The course repository holds what instructors keep (``solutions/``, ``masters/``,
 too. ``labkit assign masters/ --release DIR`` writes DIR with only what learners need:
 the lessons, the generated exercises with their public tests and data, the labkit
 package, the environment files and the README. DIR has no ``.git``; learners get DIR.
+
+Two checks stop a release that would give answers away: no file may hold most of a hidden
+test's telling lines, and no file under ``exercises/`` may hold a single line of solution
+code (a line of a solution notebook, of some length, that no learner notebook has). Lessons
+and the labkit package share many lines with the solutions, so only exercises are held to
+the second check.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import subprocess
 from pathlib import Path
 
 from labkit.errors import LabkitError
-from labkit.grader.exercise import KEY_DIR, SOLUTION_DIR, Generated
+from labkit.grader.exercise import KEY_DIR, LEARNER_DIR, SOLUTION_DIR, Generated
 
 __all__ = ["KEPT_OUT", "release"]
 
@@ -27,6 +33,7 @@ KEPT_OUT = frozenset(
     | {".labkit", ".venv", ".mypy_cache", ".ruff_cache", ".pytest_cache", "deploy", "conftest.py"}
 )
 _JUNK = frozenset({"__pycache__", ".ipynb_checkpoints"})
+SOLUTION_LINE_MIN = 12  # characters: shorter lines (``return x``, ``else:``) say nothing alone
 
 
 def release(root: Path, target: Path, generated: list[Generated]) -> list[Path]:
@@ -37,6 +44,7 @@ def release(root: Path, target: Path, generated: list[Generated]) -> list[Path]:
         raise LabkitError(f"Release into a folder outside the course, not {target}.")
     files = [rel for rel in _course_files(root) if _handed_out(rel)]
     secrets = _secrets(generated)
+    answers = _solution_lines(generated)
     staging = target.with_name(f".{target.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
     try:
@@ -45,6 +53,7 @@ def release(root: Path, target: Path, generated: list[Generated]) -> list[Path]:
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, dest)
             _refuse_secrets(dest, rel, secrets)
+            _refuse_solutions(dest, rel, answers)
         if target.exists():
             target.rmdir()
         os.replace(staging, target)  # all or nothing: no half-released course
@@ -115,6 +124,54 @@ def _strings(data: object) -> set[str]:
             return _strings("".join(data))
         return set().union(*(_strings(x) for x in data)) if data else set()
     return set()
+
+
+def _code_lines(notebook: bytes) -> dict[str, str]:
+    """Stripped code lines of a notebook, each with the label of the first cell holding it."""
+    found: dict[str, str] = {}
+    data = json.loads(notebook)
+    for index, cell in enumerate(data.get("cells", []) if isinstance(data, dict) else []):
+        if not isinstance(cell, dict) or cell.get("cell_type") != "code":
+            continue
+        source = cell.get("source", "")
+        text = "".join(source) if isinstance(source, list) else str(source)
+        for line in text.splitlines():
+            found.setdefault(line.strip(), f"cell {index + 1}")
+    return found
+
+
+def _solution_lines(generated: list[Generated]) -> dict[str, str]:
+    """Solution code no learner notebook shows, line by line, with the exercise it answers."""
+    shown: set[str] = set()
+    for g in generated:
+        shown |= _strings(json.loads(g.files.get(g.learner_path, b"{}")))
+    answers: dict[str, str] = {}
+    for g in generated:
+        for line in _code_lines(g.files.get(g.solution_path, b"{}")):
+            if len(line) >= SOLUTION_LINE_MIN and not line.startswith("#") and line not in shown:
+                answers.setdefault(line, g.exercise.name)
+    return answers
+
+
+def _refuse_solutions(path: Path, rel: Path, answers: dict[str, str]) -> None:
+    """Stop if a learner notebook or script holds a line of solution code."""
+    if rel.parts[0] != LEARNER_DIR or path.suffix not in {".ipynb", ".py"} or not answers:
+        return
+    text = path.read_text(encoding="utf-8", errors="replace")
+    lines: dict[str, str] = {}
+    if path.suffix == ".ipynb":
+        with contextlib.suppress(ValueError, AttributeError):
+            lines = _code_lines(text.encode("utf-8"))
+    else:
+        lines = {x.strip(): f"line {n}" for n, x in reversed(list(enumerate(text.splitlines(), 1)))}
+    for line, where in lines.items():
+        if line in answers:
+            raise LabkitError(
+                f"{rel} holds solution code of {answers[line]} ({where}: {line[:60]!r}); "
+                "nothing was released. Regenerate the exercises with `labkit assign masters/` "
+                "(answers go between # BEGIN SOLUTION and # END SOLUTION in the master), or "
+                "remove that code from the file."
+            )
 
 
 def _refuse_secrets(path: Path, rel: Path, secrets: list[set[str]]) -> None:

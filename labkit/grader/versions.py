@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import builtins
 import hashlib
 import re
 from dataclasses import dataclass
@@ -46,6 +48,13 @@ _BEGIN_PROMPT = re.compile(r"^\s*(\"\"\"|''')\s*#\s*BEGIN PROMPT\s*$")
 
 
 _END_PROMPT = re.compile(r"^\s*(\"\"\"|''')\s*;?\s*#\s*END PROMPT\s*$")
+
+
+# Anything that reads like a solution marker; a learner line matching it means the marker was
+# misspelt (``# begin solution``, ``# BEGIN  SOLUTION:``) and the answer went through as is.
+_MARKER_LIKE = re.compile(
+    r"#\s*((BEGIN|END)[\s_:-]*SOLUTION\b|SOLUTION(\s+NO\s+PROMPT)?\s*:?\s*$)", re.IGNORECASE
+)
 
 
 # The left side of an assignment such as ``answer =`` or ``a, b =`` (not ``==``).
@@ -167,6 +176,154 @@ def _solution_code(text: str, where: str) -> str:
     if in_prompt:
         raise MasterFormatError(f"{where}: a BEGIN PROMPT block is never closed.")
     return "\n".join(out)
+
+
+def _marks_a_solution(text: str) -> bool:
+    """True if a code cell says in its code which part is the answer."""
+    return any(
+        _BEGIN_SOLUTION.match(line) or _SOLUTION_LINE.match(line) or _DROPPED_LINE.search(line)
+        for line in text.splitlines()
+        if not _SEED_LINE.search(line)
+    )
+
+
+def _refuse_unmarked_solution(text: str, where: str) -> None:
+    """Stop when a code cell of a solution block would reach learners whole."""
+    if _marks_a_solution(text):
+        return
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    raise MasterFormatError(
+        f"{where}: this code cell is inside a # BEGIN SOLUTION / # END SOLUTION block but marks "
+        f"no answer in its code, so learners would get all of it (`{first[:60]}` …). Put the "
+        "answer between `# BEGIN SOLUTION` and `# END SOLUTION` comment lines inside the cell "
+        "(or end each answer line with `# SOLUTION`); move code learners should see out of "
+        "the solution block. Nothing was written."
+    )
+
+
+def _refuse_leftover_markers(learner: str, where: str) -> None:
+    """Stop when a learner cell still holds something that reads like a solution marker."""
+    for line in learner.splitlines():
+        if _MARKER_LIKE.search(line):
+            raise MasterFormatError(
+                f"{where}: `{line.strip()[:70]}` looks like a solution marker labkit does not "
+                "recognise, so the code around it would reach learners. Write the markers "
+                "exactly as `# BEGIN SOLUTION`, `# END SOLUTION` (each on its own line) or "
+                "`code  # SOLUTION` (capitals). Nothing was written."
+            )
+
+
+# Lines IPython rewrites before Python sees them: %magics, !shell commands, name? help.
+_IPYTHON_SYNTAX = re.compile(r"^\s*[%!]|\?\s*$", re.MULTILINE)
+
+
+def _as_python(code: str) -> str:
+    """The cell as the kernel runs it (IPython's own rewriting of magics and shell lines)."""
+    if not _IPYTHON_SYNTAX.search(code):
+        return code
+    from IPython.core.inputtransformer2 import TransformerManager
+
+    return str(TransformerManager().transform_cell(code))  # type: ignore[no-untyped-call]
+
+
+def _parse_error(code: str) -> SyntaxError | None:
+    try:
+        ast.parse(_as_python(code))
+    except SyntaxError as exc:
+        return exc
+    return None
+
+
+def _check_syntax(solution: str, learner: str, where: str) -> list[str]:
+    """Refuse a solution that does not parse; warn when the learner version does not."""
+    if exc := _parse_error(solution):
+        line = (exc.text or "").strip()
+        raise MasterFormatError(
+            f"{where}: the solution code does not parse ({exc.msg}"
+            + (f", at `{line[:70]}`" if line else "")
+            + "). Fix it in the master; nothing was written."
+        )
+    if exc := _parse_error(learner):
+        return [
+            f"{where}: the learner version of this cell does not parse ({exc.msg}): learners "
+            "start from a cell that fails before their code runs. Check where the solution "
+            "markers cut the code (a `# BEGIN SOLUTION` block leaves `...` in its place)."
+        ]
+    return []
+
+
+# Names every notebook has without defining them: Python's builtins, IPython's, the setup cell's.
+_ALWAYS_THERE = frozenset(dir(builtins)) | {
+    "display",
+    "get_ipython",
+    "In",
+    "Out",
+    "_",
+    "__",
+    "check",
+    "check_all",
+    "use_tests",
+    "NotImplementedYet",
+}
+
+
+def _bound_names(tree: ast.AST) -> set[str] | None:
+    """Every name ``tree`` binds anywhere (None after ``import *``: anything may be bound)."""
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load):
+            names.add(node.id)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.arg):
+            names.add(node.arg)
+        elif isinstance(node, ast.alias):
+            if node.name == "*":
+                return None
+            names.add(node.asname or node.name.split(".")[0])
+        elif isinstance(node, (ast.ExceptHandler, ast.MatchAs, ast.MatchStar)) and node.name:
+            names.add(node.name)
+        elif isinstance(node, ast.MatchMapping) and node.rest:
+            names.add(node.rest)
+        elif isinstance(node, (ast.Global, ast.Nonlocal)):
+            names.update(node.names)
+    return names
+
+
+def _notebook_names(cells: list[_Cell]) -> set[str] | None:
+    """The names a notebook's code defines (None if that cannot be known)."""
+    names: set[str] = set()
+    for cell in cells:
+        if cell.kind != "code":
+            continue
+        try:
+            bound = _bound_names(ast.parse(_as_python(cell.source)))
+        except SyntaxError:
+            continue
+        if bound is None:
+            return None
+        names |= bound
+    return names
+
+
+def _undefined_names(test_code: str, function_style: bool, notebook: set[str]) -> list[str]:
+    """Names a test reads that neither it, the solution notebook nor Python defines."""
+    tree = ast.parse(test_code)
+    own = _bound_names(tree)
+    if own is None:
+        return []
+    read = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+    missing = read - own
+    if function_style:  # a test function's parameters are filled from the notebook by name
+        missing |= {
+            a.arg
+            for node in tree.body
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+            and node.name.startswith("test")
+            for a in node.args.args + node.args.kwonlyargs
+            if a.arg != "env"
+        }
+    return sorted(missing - notebook - _ALWAYS_THERE)
 
 
 def _init_source(exercise: Exercise, learner: bool, raises: bool) -> str:
