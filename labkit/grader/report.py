@@ -1,16 +1,154 @@
-"""What grading writes: the gradebook, each learner's feedback, pass rates and their plot."""
+"""What grading writes: the gradebook, each learner's feedback, pass rates and their plot.
+
+Everything here may be opened by someone who trusts it: the instructor's spreadsheet, a
+learner's Markdown viewer. Names come from file names and messages from learners' code,
+so each is made inert where it lands: a CSV cell cannot start a formula, Markdown text
+cannot make a heading, link, image or HTML, and what a note may carry is capped and
+filtered for hidden test code. Why a hidden test failed (``detail``) goes to the
+instructor's folder only.
+"""
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import re
 from pathlib import Path
 from typing import Any
 
 from labkit.grader.assign import Exercise, write_atomic
 from labkit.grader.exercise import _json_bytes
 
-__all__ = ["feedback", "pass_rates"]
+__all__ = [
+    "MAX_NOTES",
+    "NOTE_CHARS",
+    "csv_cell",
+    "feedback",
+    "file_stem",
+    "hidden_code",
+    "instructor_notes",
+    "markdown_text",
+    "pass_rates",
+    "tidy_result",
+]
+
+
+NOTE_CHARS = 300  # characters kept of one note: enough to say what happened, not to smuggle
+
+
+MAX_NOTES = 8  # notes kept per learner; the rest are counted, not shown
+
+
+MESSAGE_CHARS = 600  # characters kept of a test's message or hint
+
+
+DETAIL_CHARS = 4000  # characters kept of a hidden test's detail, for the instructor
+
+
+# Spreadsheets treat a cell that starts with one of these as a formula (or run it as one
+# after a tab or line break); the full-width forms are read as formulas in some locales.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n", "\uff1d", "\uff0b", "\uff0d", "\uff20")
+
+
+# Control characters, line and paragraph breaks, zero-width and bidirectional controls:
+# they can break a Markdown line apart or make text read differently than it is stored.
+_UNSAFE_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]")
+
+
+# Markdown (and Jupyter's $math$) punctuation, escaped with a backslash where it is text.
+_MARKDOWN_PUNCTUATION = re.compile(r"([\\`*_{}\[\]()#+\-!|~$])")
+
+
+def csv_cell(value: object) -> str:
+    """``value`` as a CSV cell a spreadsheet shows as text, never runs as a formula."""
+    text = str(value)
+    if text.startswith(_FORMULA_START) and not _is_number(text):
+        return "'" + text  # the prefix spreadsheets themselves use for "this is text"
+    return text
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return text.strip() == text
+
+
+def markdown_text(value: object, limit: int | None = None) -> str:
+    """``value`` as one line of Markdown text: no formatting, link, HTML or line break."""
+    text = _UNSAFE_CHARS.sub(" ", str(value))
+    if limit is not None and len(text) > limit:
+        text = text[: limit - 1] + "…"
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _MARKDOWN_PUNCTUATION.sub(r"\\\1", text)
+
+
+def _code_block(value: object, limit: int) -> list[str]:
+    """``value`` as a fenced code block that no line of it can close early."""
+    text = str(value)
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    text = _UNSAFE_CHARS.sub(lambda m: m[0] if m[0] == "\n" else " ", text)
+    longest = max((len(run) for run in re.findall("`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return [fence, *text.splitlines(), fence]
+
+
+def file_stem(name: str) -> str:
+    """A file name for a row's files: ``name`` itself when it is a safe one."""
+    clean = _UNSAFE_CHARS.sub("_", name).replace("/", "_")
+    if clean in ("", ".", "..") or clean.startswith("."):
+        clean = "_" + clean
+    if clean != name or len(clean.encode()) > 200:  # two names must not share a file
+        digest = hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:10]
+        clean = clean.encode()[:180].decode(errors="ignore") + "-" + digest
+    return clean
+
+
+def hidden_code(exercise: Exercise) -> frozenset[str]:
+    """Lines only hidden tests have (spaces removed), long enough to recognise in a note."""
+    hidden: set[str] = set()
+    shown: set[str] = set()
+    for question in exercise.questions:
+        for test in question.tests:
+            lines = {"".join(line.split()) for line in test.code.splitlines()}
+            (hidden if test.hidden else shown).update(lines)
+    return frozenset(line for line in hidden - shown if len(line) >= 10)
+
+
+def _quotes_hidden(text: str, secrets: frozenset[str]) -> bool:
+    squeezed = "".join(text.split())  # "assert  x ==1" quotes "assert x == 1" too
+    return any(line in squeezed for line in secrets)
+
+
+def tidy_result(result: dict[str, Any], secrets: frozenset[str]) -> dict[str, Any]:
+    """Cap and filter what a result carries into feedback and the gradebook (in place).
+
+    Notes and public tests' messages quote the learner's code and output: each is capped,
+    one that quotes hidden test code is withheld, and only the first notes are kept.
+    """
+    notes = []
+    for note in result.get("notes", []):
+        text = str(note)
+        if _quotes_hidden(text, secrets):
+            text = "A note quoted hidden test code and was withheld."
+        elif len(text) > NOTE_CHARS:
+            text = text[: NOTE_CHARS - 1] + "…"
+        notes.append(text)
+    if len(notes) > MAX_NOTES:
+        more = len(notes) - (MAX_NOTES - 1)
+        notes = [*notes[: MAX_NOTES - 1], f"… and {more} more notes, not shown."]
+    result["notes"] = notes
+    for test in result.get("tests", []):
+        for key in ("message", "hint"):
+            text = str(test.get(key) or "")
+            if _quotes_hidden(text, secrets):
+                test["message"], test["hint"] = "This test's message was withheld.", ""
+                break
+            test[key] = text if len(text) <= MESSAGE_CHARS else text[: MESSAGE_CHARS - 1] + "…"
+    return result
 
 
 def _scores(exercise: Exercise, result: dict[str, Any]) -> dict[str, float]:
@@ -24,53 +162,73 @@ def _scores(exercise: Exercise, result: dict[str, Any]) -> dict[str, float]:
 def _write_outputs(
     out: Path, exercise: Exercise, results: list[dict[str, Any]], key_hash: str
 ) -> None:
+    """Everything at once: each row's files, the gradebook, the state and the pass rates."""
+    for result in results:
+        _write_row_files(out, exercise, result)
+    _write_book(out, exercise, results, key_hash)
+    _write_rates(out, exercise, results)
+
+
+def _write_row_files(out: Path, exercise: Exercise, result: dict[str, Any]) -> None:
+    """One row's feedback, executed notebook and instructor notes."""
+    stem = file_stem(result["learner"])
+    write_atomic(out / "feedback" / f"{stem}.md", feedback(exercise, result).encode("utf-8"))
+    if result.get("executed"):
+        write_atomic(out / "executed" / f"{stem}.ipynb", result["executed"].encode("utf-8"))
+    if "not-graded" not in result["status"]:
+        text = instructor_notes(exercise, result)
+        write_atomic(out / "instructor" / f"{stem}.md", text.encode("utf-8"))
+
+
+def _write_book(
+    out: Path,
+    exercise: Exercise,
+    results: list[dict[str, Any]],
+    key_hash: str,
+    pending: list[str] | None = None,
+) -> None:
+    """The gradebook and the state a later run reuses, each replaced in one step.
+
+    ``pending`` names learners still being graded: they get a row that says so, and no
+    state, so a run that is stopped here grades them next time.
+    """
     questions = [q.name for q in exercise.graded_questions]
     table = io.StringIO()
     writer = csv.writer(table, lineterminator="\n")
     writer.writerow(["learner", *questions, "total", "possible", "status", "notes"])
+    rows: list[tuple[str, list[str]]] = []
     for result in results:
         scores = _scores(exercise, result)
         result["scores"], result["total"] = scores, round(sum(scores.values()), 4)
         status = ", ".join(result["status"]) or "ok"
-        writer.writerow(
-            [
-                result["learner"],
-                *(f"{scores[q]:g}" for q in questions),
-                f"{result['total']:g}",
-                f"{exercise.possible:g}",
-                status,
-                " | ".join(result["notes"]),
-            ]
-        )
+        cells = [*(f"{scores[q]:g}" for q in questions), f"{result['total']:g}"]
+        rows.append((result["learner"], [*cells, status, " | ".join(result["notes"])]))
+    for learner in pending or []:
+        note = "Not graded yet: grading stopped first; run `labkit grade` again to grade it."
+        rows.append((learner, [*("0" for _ in questions), "0", "pending", note]))
+    for learner, cells in sorted(rows, key=lambda row: row[0]):
+        row = [learner, *cells[:-2], f"{exercise.possible:g}", *cells[-2:]]
+        writer.writerow([csv_cell(cell) for cell in row])
     write_atomic(out / "gradebook.csv", table.getvalue().encode("utf-8"))
-    for result in results:
-        write_atomic(
-            out / "feedback" / f"{result['learner']}.md", feedback(exercise, result).encode("utf-8")
-        )
-        if result.get("executed"):
-            write_atomic(
-                out / "executed" / f"{result['learner']}.ipynb", result["executed"].encode("utf-8")
-            )
+    kept = {
+        r["learner"]: {k: v for k, v in r.items() if k != "executed"}
+        for r in results
+        if "not-graded" not in r["status"]
+    }
+    write_atomic(out / "state.json", _json_bytes({"key": key_hash, "results": kept}))
+
+
+def _write_rates(out: Path, exercise: Exercise, results: list[dict[str, Any]]) -> None:
     rates = pass_rates(exercise, results)
     rate_table = io.StringIO()
     writer = csv.writer(rate_table, lineterminator="\n")
     writer.writerow(["test", "question", "hidden", "description", "passed", "graded", "rate"])
     for row in rates:
-        writer.writerow(
-            [
-                row["test"],
-                row["question"],
-                row["hidden"],
-                row["description"],
-                row["passed"],
-                row["graded"],
-                f"{row['rate']:.3f}",
-            ]
-        )
+        cells = [row["test"], row["question"], row["hidden"], row["description"]]
+        cells += [row["passed"], row["graded"], f"{row['rate']:.3f}"]
+        writer.writerow([csv_cell(cell) for cell in cells])
     write_atomic(out / "pass_rates.csv", rate_table.getvalue().encode("utf-8"))
     write_atomic(out / "pass_rates.png", _plot(exercise, rates))
-    kept = {r["learner"]: {k: v for k, v in r.items() if k != "executed"} for r in results}
-    write_atomic(out / "state.json", _json_bytes({"key": key_hash, "results": kept}))
 
 
 def pass_rates(exercise: Exercise, results: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -135,29 +293,61 @@ def feedback(exercise: Exercise, result: dict[str, Any]) -> str:
     scores = _scores(exercise, result)
     status = ", ".join(result["status"]) or "ok"
     lines = [
-        f"# {exercise.name}: feedback for {result['learner']}",
+        f"# {markdown_text(exercise.name)}: feedback for {markdown_text(result['learner'])}",
         "",
-        f"**Score: {sum(scores.values()):g} / {exercise.possible:g}** · status: {status}",
+        f"**Score: {sum(scores.values()):g} / {exercise.possible:g}** · "
+        f"status: {markdown_text(status)}",
         "",
     ]
     for q in exercise.graded_questions:
-        lines += [f"## {q.name}: {scores[q.name]:g} / {q.points:g} points", ""]
+        lines += [f"## {markdown_text(q.name)}: {scores[q.name]:g} / {q.points:g} points", ""]
         for test in (t for t in result["tests"] if t["question"] == q.name):
             icon = _ICONS.get(test["status"], "❌")
-            label = test["name"] + (" (hidden test)" if test["hidden"] else "")
-            about = f": {test['description']}" if test.get("description") else ""
+            label = markdown_text(test["name"]) + (" (hidden test)" if test["hidden"] else "")
+            about = f": {markdown_text(test['description'])}" if test.get("description") else ""
             worth = f" ({float(test.get('earned', 0)):g}/{float(test['points']):g})"
             lines.append(f"- {icon} {label}{about}{worth}")
             if test["status"] != "passed" and test.get("message"):
-                lines.append(f"  - {test['message']}")
+                lines.append(f"  - {markdown_text(test['message'], MESSAGE_CHARS)}")
             if test["status"] != "passed" and test.get("hint"):
-                lines.append(f"  - Hint: {test['hint']}")
+                lines.append(f"  - Hint: {markdown_text(test['hint'], MESSAGE_CHARS)}")
         lines.append("")
     if result["notes"]:
         lines += ["## What happened when your notebook ran", ""]
-        lines += [f"- {note}" for note in result["notes"]]
+        lines += [f"- {markdown_text(note, NOTE_CHARS)}" for note in result["notes"][:MAX_NOTES]]
         lines.append("")
-    manual = [q.name for q in exercise.questions if q.manual]
+    manual = [markdown_text(q.name) for q in exercise.questions if q.manual]
     if manual:
         lines += [f"Questions graded by a person ({', '.join(manual)}) are not in this score.", ""]
+    return "\n".join(lines)
+
+
+def instructor_notes(exercise: Exercise, result: dict[str, Any]) -> str:
+    """For the instructor only: why each test failed, hidden ones included, and each attempt."""
+    scores = _scores(exercise, result)
+    status = ", ".join(result["status"]) or "ok"
+    lines = [
+        f"# {markdown_text(exercise.name)}: {markdown_text(result['learner'])} "
+        "(instructor only: do not hand out)",
+        "",
+        f"- File: {markdown_text(result.get('file', ''))}",
+        f"- Score: {sum(scores.values()):g} / {exercise.possible:g} · status: "
+        f"{markdown_text(status)}",
+        f"- Graded in {result.get('attempts', 1)} attempt(s)",
+    ]
+    lines += [
+        f"- Earlier attempt: {markdown_text(x, NOTE_CHARS)}" for x in result.get("retried", [])
+    ]
+    lines.append("")
+    failed = [t for t in result["tests"] if t["status"] != "passed"]
+    for test in failed:
+        kind = "hidden" if test["hidden"] else "public"
+        lines.append(f"## {markdown_text(test['name'])} ({kind}): {markdown_text(test['status'])}")
+        lines.append("")
+        if test.get("message"):
+            lines += [f"Learner saw: {markdown_text(test['message'], MESSAGE_CHARS)}", ""]
+        if test.get("detail"):
+            lines += [*_code_block(test["detail"], DETAIL_CHARS), ""]
+    if not failed:
+        lines += ["Every test passed.", ""]
     return "\n".join(lines)

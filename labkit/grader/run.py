@@ -1,32 +1,50 @@
-"""Grading a class: find the submissions, hand them to workers, keep what is unchanged."""
+"""Grading a class: find the submissions, hand them to workers, keep every result at once."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import multiprocessing
+import multiprocessing.connection
 import os
+import pwd
 import shutil
+import signal
 import sys
 import tempfile
 import time
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from labkit.errors import LabkitError
 from labkit.grader import assign
 from labkit.grader.assign import Exercise
 from labkit.grader.cache import ReplyCache
 from labkit.grader.exercise import _json_bytes
 from labkit.grader.kernels import PRELOAD, _alive
 from labkit.grader.notebook import _empty_result, _grade_in_worker, _init_worker
-from labkit.grader.report import _write_outputs
+from labkit.grader.report import (
+    _write_book,
+    _write_rates,
+    _write_row_files,
+    hidden_code,
+    tidy_result,
+)
 from labkit.grader.sandbox import _needed_paths, _preflight, _private_paths, _reachability_covers
 from labkit.grader.settings import SCRATCH_BASE, GradingError, Settings, Submission
-from labkit.grader.users import Slots, _grading_user, kill_user_processes
+from labkit.grader.users import (
+    MAX_SLOTS,
+    USER_PREFIX,
+    Slots,
+    _grading_user,
+    kill_user_processes,
+)
 
 __all__ = ["GradeReport", "find_key", "find_submissions", "grade", "to_grade"]
 
@@ -71,7 +89,10 @@ def find_submissions(folder: Path) -> list[Submission]:
     """Every entry of ``folder``: ``NAME.ipynb``, ``NAME/one.ipynb``, or why it is not graded.
 
     Nothing is dropped in silence: an entry that cannot be graded comes back with
-    ``skipped`` set, so the gradebook has a row for it and the command can say why.
+    ``skipped`` set, so the gradebook has a row for it and the command can say why. Every
+    entry has a row name of its own: a learner's notebook is named by the learner, and a
+    stray entry never takes that name (``alice`` beside ``alice.ipynb`` is
+    ``alice (not-a-notebook)``).
     """
     if not folder.is_dir():
         raise GradingError(f"{folder} is not a folder of submissions.")
@@ -90,7 +111,21 @@ def find_submissions(folder: Path) -> list[Submission]:
                 sub.learner = _shown(sub.path, folder).split("/")[0]
                 sub.skipped = "duplicate-name"
                 sub.reason = f"{names} both name learner {learner!r}; keep one and grade again."
+    taken = {s.learner for s in entries if not s.skipped}
+    for sub in entries:
+        if sub.skipped:
+            sub.learner = _free_name(sub.learner, sub.skipped, taken)
+            taken.add(sub.learner)
     return sorted(entries, key=lambda s: s.learner)
+
+
+def _free_name(name: str, status: str, taken: set[str]) -> str:
+    """``name``, or ``name (status)`` when a learner's row (or another entry's) has it."""
+    candidate, n = name, 1
+    while candidate in taken:
+        n += 1
+        candidate = f"{name} ({status})" if n == 2 else f"{name} ({status} {n - 1})"
+    return candidate
 
 
 def _entry(path: Path) -> Submission:
@@ -131,7 +166,13 @@ def _shown(path: Path, folder: Path) -> str:
 
 
 def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def _printable(text: str) -> str:
+    """``text`` safe to print on a terminal: control characters shown as escapes."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def grade(
@@ -152,8 +193,14 @@ def grade(
     root: Path | None = None,
     progress: bool = True,
     say: Callable[[str], None] = print,
+    **limits: Any,
 ) -> GradeReport:
-    """Grade every notebook in ``submissions`` and write the results into ``out``."""
+    """Grade every notebook in ``submissions`` and write the results into ``out``.
+
+    ``limits`` are further ``Settings`` fields by name (e.g. ``max_notebook_mb``). Each
+    result is written as soon as it is known, so a run that is stopped keeps what it
+    graded, and the next run grades only what is missing, changed, or failed in the grader.
+    """
     if workers < 1:
         raise GradingError("--workers must be at least 1.")
     if sandbox and (sys.platform != "linux" or os.geteuid() != 0):
@@ -161,55 +208,74 @@ def grade(
             "Grading isolates each notebook as an unprivileged user, which needs root on "
             "Linux: run it with sudo, or pass --no-sandbox to grade trusted notebooks."
         )
+    root = root or Path.cwd()
+    settings = Settings(
+        exercise=exercise,
+        runtime_url=runtime_url,
+        timeout=timeout,
+        sandbox=sandbox,
+        memory_mb=memory_mb,
+        network=network if sandbox else "host",
+        **limits,
+    )
     entries = find_submissions(submissions)
+    notebooks = [s for s in entries if not s.skipped]
+    _refuse_too_large(notebooks, float(getattr(settings, "max_notebook_mb", 20.0)))
     found = [s for s in entries if not s.skipped]
     for sub in entries:
         if sub.skipped:
-            say(f"Not graded: {_shown(sub.path, submissions)}: {sub.reason}")
-    if not found:
+            say(f"Not graded: {_printable(_shown(sub.path, submissions))}: {sub.reason}")
+    if not notebooks:
         raise GradingError(f"No notebooks (*.ipynb) to grade in {submissions}.")
     for sub in found:
         sub.sha256 = _sha256(sub.path)
     out.mkdir(parents=True, exist_ok=True)
     if sandbox:
         os.chmod(out, 0o700)  # the gradebook is for the instructor only
-    key_bytes = _json_bytes(exercise.to_key())
-    key_hash = hashlib.sha256(key_bytes).hexdigest()
+    key_hash = hashlib.sha256(_json_bytes(exercise.to_key())).hexdigest()
     state = _load_state(out / "state.json")
     previous = state.get("results", {}) if state.get("key") == key_hash else {}
     todo = to_grade(found, previous, regrade=regrade)
-    results = {s.learner: previous[s.learner] for s in found if s not in todo}
+    book = _Book(out, exercise, key_hash, [s.learner for s in todo])
+    for sub in found:
+        if sub not in todo:
+            book.add(previous[sub.learner])
+    for sub in entries:
+        if sub.skipped:
+            book.add(_skipped_row(exercise, sub))
+    book.write()
+    released = _released_code(exercise, root, master_path)
+    secrets = hidden_code(exercise)
+
+    def finish(sub: Submission, result: dict[str, Any]) -> None:
+        """A result from a worker: checked, tidied and written at once."""
+        status = set(result["status"])
+        if _sha256(sub.path) != sub.sha256:  # learner code never sees the submissions
+            status.add("changed")
+            result["notes"].append("The file changed while it was being graded.")
+        if released is not None and _code_cells(sub.path.read_bytes()) == released:
+            status.add("untouched")
+        result["status"] = sorted(status)
+        book.add(tidy_result(result, secrets))
+        book.write()
+
     uids: list[int] = []
     seconds = 0.0
     if todo:
-        graded, uids, seconds = _grade_all(
+        uids, seconds = _grade_all(
             todo,
-            exercise,
+            settings,
             submissions,
             out,
-            runtime_url=runtime_url,
+            finish,
             workers=workers,
-            timeout=timeout,
-            sandbox=sandbox,
-            memory_mb=memory_mb,
-            network=network,
             cache=cache,
             key_path=key_path,
             master_path=master_path,
-            root=root or Path.cwd(),
+            root=root,
             progress=progress,
         )
-        results.update(graded)
-    for sub in found:  # learner code never sees the submissions; make sure of it
-        if _sha256(sub.path) != sub.sha256:
-            results[sub.learner]["status"] = sorted({*results[sub.learner]["status"], "changed"})
-            results[sub.learner]["notes"].append("The file changed while it was being graded.")
-    for sub in entries:
-        if sub.skipped:
-            results[sub.learner] = _empty_result(exercise, sub, ["not-graded", sub.skipped])
-            results[sub.learner]["notes"].append(f"Not graded: {sub.reason}")
-    ordered = [results[s.learner] for s in entries]
-    _write_outputs(out, exercise, ordered, key_hash)
+    ordered = book.finish()
     say(
         f"Graded {len(todo)} notebook(s), reused {len(found) - len(todo)} unchanged, "
         f"{len(entries) - len(found)} not graded; results in {out}"
@@ -217,11 +283,94 @@ def grade(
     return GradeReport(exercise, ordered, [s.learner for s in todo], out, uids, seconds)
 
 
+def _refuse_too_large(notebooks: list[Submission], cap_mb: float) -> None:
+    """Mark notebooks over ``cap_mb`` as not graded: running one could exhaust a worker."""
+    for sub in notebooks:
+        size = sub.path.stat().st_size
+        if size > cap_mb * 2**20:
+            sub.skipped = "too-large"
+            sub.reason = (
+                f"notebook over {cap_mb:g} MB (it is {size / 2**20:.1f} MB); clear its outputs "
+                "(Edit > Clear Outputs of All Cells), save it and submit it again."
+            )
+
+
+def _skipped_row(exercise: Exercise, sub: Submission) -> dict[str, Any]:
+    result = _empty_result(exercise, sub, ["not-graded", sub.skipped])
+    result["notes"].append(f"Not graded: {sub.reason}")
+    return result
+
+
+class _Book:
+    """The results folder while a run goes on: every row written as soon as it is known."""
+
+    def __init__(self, out: Path, exercise: Exercise, key_hash: str, pending: list[str]) -> None:
+        self.out, self.exercise, self.key_hash = out, exercise, key_hash
+        self.rows: dict[str, dict[str, Any]] = {}
+        self.pending = list(pending)
+
+    def add(self, result: dict[str, Any]) -> None:
+        """Keep one row and write its own files (feedback, executed notebook, notes)."""
+        self.rows[result["learner"]] = result
+        if result["learner"] in self.pending:
+            self.pending.remove(result["learner"])
+        _write_row_files(self.out, self.exercise, result)
+
+    def write(self) -> None:
+        """Replace the gradebook and the state with every row known now."""
+        _write_book(self.out, self.exercise, self.results(), self.key_hash, self.pending)
+
+    def results(self) -> list[dict[str, Any]]:
+        """The rows known, in name order."""
+        return [self.rows[name] for name in sorted(self.rows)]
+
+    def finish(self) -> list[dict[str, Any]]:
+        """The last gradebook, with pass rates and their plot; the rows in order."""
+        self.write()
+        results = self.results()
+        _write_rates(self.out, self.exercise, results)
+        return results
+
+
+def _code_cells(notebook: bytes) -> list[str] | None:
+    """The code a notebook holds, cell by cell (blank cells left out); None if unreadable.
+
+    Jupyter adds an empty cell below the last one run, so blank cells do not count.
+    """
+    try:
+        cells = json.loads(notebook)["cells"]
+        sources = [
+            "".join(c["source"]) if isinstance(c["source"], list) else str(c["source"])
+            for c in cells
+            if c.get("cell_type") == "code"
+        ]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return [s.rstrip() for s in sources if s.strip()]
+
+
+def _released_code(exercise: Exercise, root: Path, master_path: Path | None) -> list[str] | None:
+    """The code cells of the notebook learners were given, to recognise untouched work."""
+    try:
+        if master_path is not None:
+            generated = assign.parse_master(master_path)
+            return _code_cells(generated.files[generated.learner_path])
+        path = root / assign.LEARNER_DIR / f"{exercise.name}.ipynb"
+        return _code_cells(path.read_bytes()) if path.is_file() else None
+    except (OSError, KeyError, LabkitError):
+        return None
+
+
 def to_grade(
     found: list[Submission], previous: dict[str, Any], *, regrade: bool = False
 ) -> list[Submission]:
-    """New or changed notebooks (by content hash), or all of them with ``regrade``."""
-    return [s for s in found if regrade or previous.get(s.learner, {}).get("sha256") != s.sha256]
+    """New or changed notebooks (by content hash), those the grader failed on, or all."""
+
+    def stale(sub: Submission) -> bool:
+        old = previous.get(sub.learner, {})
+        return old.get("sha256") != sub.sha256 or "grader-error" in old.get("status", [])
+
+    return [s for s in found if regrade or stale(s)]
 
 
 def _remove_abandoned_runs() -> None:
@@ -238,83 +387,86 @@ def _remove_abandoned_runs() -> None:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
+def _kill_abandoned_kernels() -> None:
+    """Kill what runs as the users of slots no run holds: kernels of a run that was killed."""
+    free: list[int] = []
+    for number in range(MAX_SLOTS):
+        lock = SCRATCH_BASE / f"slot-{number}.lock"
+        if not lock.exists():
+            continue
+        with lock.open("a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # a live run holds it: its processes are its own
+            free += _slot_uids(number, create=False)
+    if free:
+        kill_user_processes(free)
+
+
+def _slot_uids(number: int, *, create: bool = True) -> list[int]:
+    """The uids of a slot's grading users (only those that exist, unless ``create``)."""
+    uids = []
+    for n in (2 * number, 2 * number + 1):
+        if create:
+            uids.append(_grading_user(n)[0])
+            continue
+        with contextlib.suppress(KeyError):
+            uids.append(pwd.getpwnam(f"{USER_PREFIX}{n}").pw_uid)
+    return uids
+
+
 def _grade_all(
     todo: list[Submission],
-    exercise: Exercise,
+    settings: Settings,
     submissions: Path,
     out: Path,
+    finish: Callable[[Submission, dict[str, Any]], None],
     *,
-    runtime_url: str,
     workers: int,
-    timeout: float,
-    sandbox: bool,
-    memory_mb: int,
-    network: str,
     cache: bool,
     key_path: Path | None,
     master_path: Path | None,
     root: Path,
     progress: bool,
-) -> tuple[dict[str, dict[str, Any]], list[int], float]:
+) -> tuple[list[int], float]:
+    """Grade ``todo`` in worker processes, handing each result to ``finish`` as it comes."""
+    exercise, runtime_url, sandbox = settings.exercise, settings.runtime_url, settings.sandbox
     workers = min(workers, len(todo))
     SCRATCH_BASE.mkdir(mode=0o711, exist_ok=True)
     _remove_abandoned_runs()
     run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=SCRATCH_BASE))
     os.chmod(run_dir, 0o711)
     (run_dir / "owner.pid").write_text(str(os.getpid()))
-    public = _json_bytes(exercise.to_public())
-    extra = []
+    settings.public_tests = _json_bytes(exercise.to_public())
     # Files the notebook reads sit next to the master, and next to the generated exercise.
     base = master_path.resolve().parent if master_path else root / assign.LEARNER_DIR
-    for rel in exercise.files:
-        extra.append((str(base / rel), rel))
-    settings = Settings(
-        exercise=exercise,
-        runtime_url=runtime_url,
-        timeout=timeout,
-        sandbox=sandbox,
-        memory_mb=memory_mb,
-        public_tests=public,
-        extra_files=extra,
-        run_dir=str(run_dir),
-        network=network if sandbox else "host",
-    )
+    settings.extra_files = [(str(base / rel), rel) for rel in exercise.files]
+    settings.run_dir = str(run_dir)
     slots = Slots(workers) if sandbox else None
     uids: list[int] = []
     replies = ReplyCache(runtime_url) if cache else None
     try:
         _route(settings, runtime_url, replies)
         if sandbox and slots is not None:
+            _kill_abandoned_kernels()
             settings.hide_checkouts = [str(root.resolve())] if root.resolve().parent != root else []
             settings.hide = _private_paths(submissions, out, key_path, master_path, root)
             settings.reach = _reachability_covers(_needed_paths())
             users = [_grading_user(2 * n + k) for n in slots.numbers for k in (0, 1)]
             uids = [u for u, _, _ in users]
             _preflight(settings, users[0])
-        # Workers fork from a server process that has imported the grader and the kernel's
-        # modules once: no worker pays for those imports, and none inherits our threads.
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["labkit.grader.notebook", *PRELOAD])
-        handout: Any = context.Queue()
-        for number in slots.numbers if slots else range(workers):
-            handout.put(number)
-        results: dict[str, dict[str, Any]] = {}
-        with ProcessPoolExecutor(
-            max_workers=workers,
-            mp_context=context,
-            initializer=_init_worker,
-            initargs=(settings, handout),
-        ) as pool:
-            started = time.perf_counter()
-            futures = [pool.submit(_grade_in_worker, sub) for sub in todo]
-            bar = _progress(len(todo), exercise.name, progress)
-            for future in as_completed(futures):
-                result = future.result()
-                results[result["learner"]] = result
-                bar.update(1)
-            bar.close()
-            seconds = time.perf_counter() - started
-        return results, uids, seconds
+        numbers = slots.numbers if slots else list(range(workers))
+        bar = _progress(len(todo), exercise.name, progress)
+        started = time.perf_counter()
+
+        def done(sub: Submission, result: dict[str, Any]) -> None:
+            finish(sub, result)
+            bar.update(1)
+
+        _Pool(settings, numbers).run(todo, done)
+        bar.close()
+        return uids, time.perf_counter() - started
     finally:
         if replies is not None:
             replies.stop()
@@ -323,6 +475,216 @@ def _grade_all(
         if slots is not None:
             slots.release()
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+class _Slot:
+    """What ``_init_worker`` takes its slot number from: this worker's, fixed."""
+
+    def __init__(self, number: int) -> None:
+        self.number = number
+
+    def get(self) -> int:
+        """The slot number."""
+        return self.number
+
+
+def _worker_main(settings: Settings, number: int, conn: Any) -> None:
+    """A grading worker's life: start, then grade each notebook it is sent until told to stop."""
+    _die_with_parent()
+    try:
+        _init_worker(settings, _Slot(number))
+    except Exception as exc:  # said to the grader, which decides whether to try again
+        conn.send(("failed", f"{type(exc).__name__}: {exc}"))
+        return
+    conn.send(("ready", None))
+    while True:
+        try:
+            sub = conn.recv()
+        except (EOFError, OSError):  # the grader is gone
+            return
+        if sub is None:
+            return
+        conn.send(("result", _grade_in_worker(sub)))
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to kill this worker when its parent dies, so a killed run leaves no grader."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+@dataclass
+class _Task:
+    """One notebook to grade, and what went wrong with it before."""
+
+    sub: Submission
+    attempt: int = 1
+    earlier: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Member:
+    """One worker process and what it is doing."""
+
+    number: int
+    process: Any
+    conn: Any
+    ready: bool = False
+    task: _Task | None = None
+    reserved: _Task | None = None  # a retry waiting for this fresh worker
+
+
+ATTEMPTS = 2  # a notebook the grader failed on is tried once more, in a fresh worker
+
+
+START_FAILURES = 3  # workers that fail to start in a row before the run gives up
+
+
+class _Pool:
+    """Worker processes that each grade one notebook at a time, replaced when one dies.
+
+    A worker that dies (killed, out of memory, a crash of the grader) costs only the
+    notebook it held: that notebook is tried once more in a new worker, and every other
+    notebook is graded as usual.
+    """
+
+    def __init__(self, settings: Settings, numbers: list[int]) -> None:
+        self.settings = settings
+        self.numbers = numbers
+        # Workers fork from a server process that has imported the grader and the kernel's
+        # modules once: no worker pays for those imports, and none inherits our threads.
+        self.context = multiprocessing.get_context("forkserver")
+        self.context.set_forkserver_preload(["labkit.grader.run", *PRELOAD])
+        self.members: list[_Member] = []
+        self.start_failures: list[str] = []
+        self.queue: deque[_Task] = deque()
+        self.done: Callable[[Submission, dict[str, Any]], None] = lambda sub, result: None
+
+    def start(self, number: int, reserved: _Task | None = None) -> None:
+        """A new worker on slot ``number``, with nothing of the slot's users left running."""
+        if self.settings.sandbox:
+            kill_user_processes(_slot_uids(number))
+        ours, theirs = self.context.Pipe()
+        process = self.context.Process(
+            target=_worker_main, args=(self.settings, number, theirs), daemon=True
+        )
+        process.start()
+        theirs.close()
+        self.members.append(_Member(number, process, ours, reserved=reserved))
+
+    def run(
+        self, todo: list[Submission], done: Callable[[Submission, dict[str, Any]], None]
+    ) -> None:
+        """Grade every notebook of ``todo``; ``done`` gets each final result."""
+        self.queue = deque(_Task(sub) for sub in todo)
+        self.done = done
+        try:
+            for number in self.numbers:
+                self.start(number)
+            while self.queue or any(m.task or m.reserved for m in self.members):
+                self.hand_out()
+                objects = [m.conn for m in self.members]
+                objects += [m.process.sentinel for m in self.members]
+                multiprocessing.connection.wait(objects)
+                for member in list(self.members):
+                    self.listen(member)
+        finally:
+            self.stop()
+
+    def hand_out(self) -> None:
+        for member in self.members:
+            if not member.ready or member.task is not None:
+                continue
+            task = member.reserved or (self.queue.popleft() if self.queue else None)
+            if task is None:
+                continue
+            member.reserved, member.task = None, task
+            try:
+                member.conn.send(task.sub)
+            except OSError:  # it died just now: the task never started
+                member.task, member.reserved = None, task
+
+    def listen(self, member: _Member) -> None:
+        """Take what ``member`` said, or notice that it died."""
+        try:
+            if not member.conn.poll():
+                if member.process.is_alive():
+                    return
+                raise EOFError
+            kind, payload = member.conn.recv()
+        except (EOFError, OSError):
+            self.died(member)
+            return
+        if kind == "ready":
+            member.ready = True
+            self.start_failures = []
+        elif kind == "failed":
+            self.died(member, payload)
+        elif kind == "result":
+            task, member.task = member.task, None
+            assert task is not None
+            if "grader-error" in payload["status"] and task.attempt < ATTEMPTS:
+                # The worker may be what is broken (its kernel starter, say): retire it.
+                why = "; ".join(payload["notes"][-1:]) or "the grader failed"
+                self.retire(member)
+                self.start(member.number, _Task(task.sub, task.attempt + 1, [why]))
+                return
+            self.finish(task, payload)
+
+    def finish(self, task: _Task, result: dict[str, Any]) -> None:
+        result["attempts"] = task.attempt
+        result["retried"] = task.earlier
+        self.done(task.sub, result)
+
+    def died(self, member: _Member, why: str = "") -> None:
+        """A worker stopped: give its notebook one more try, and put a new worker in its place."""
+        member.process.join(5)
+        code = member.process.exitcode
+        self.retire(member)
+        retry = member.reserved
+        if not member.ready:
+            self.start_failures.append(why or f"exit code {code}")
+            if len(self.start_failures) >= START_FAILURES:
+                raise GradingError(
+                    f"Grading workers stopped while starting ({self.start_failures[-1]}); "
+                    "see the messages above, fix the cause and grade again."
+                )
+        task = member.task
+        if task is not None:
+            what = f"The grading worker stopped (exit code {code}) while grading this notebook."
+            if task.attempt < ATTEMPTS:
+                retry = _Task(task.sub, task.attempt + 1, [*task.earlier, what])
+            else:
+                result = _empty_result(self.settings.exercise, task.sub, ["grader-error"])
+                result["notes"].append(
+                    f"{what} It was tried {task.attempt} times; grade again to try once more."
+                )
+                task.earlier.append(what)
+                self.finish(task, result)
+        if retry is not None or self.queue:
+            self.start(member.number, retry)
+
+    def retire(self, member: _Member) -> None:
+        """Stop ``member`` (politely, then not), and kill whatever its users left running."""
+        self.members.remove(member)
+        with contextlib.suppress(OSError):
+            member.conn.send(None)
+        member.process.join(30)
+        if member.process.is_alive():
+            member.process.kill()
+            member.process.join(5)
+        member.conn.close()
+        if self.settings.sandbox:
+            kill_user_processes(_slot_uids(member.number))
+
+    def stop(self) -> None:
+        """Stop every worker: those that are idle stop at once, busy ones are killed."""
+        for member in list(self.members):
+            if member.task is not None:
+                member.process.kill()
+            self.retire(member)
 
 
 def _route(settings: Settings, runtime_url: str, replies: ReplyCache | None) -> None:
