@@ -9,8 +9,9 @@ Then ``check("q1")`` runs q1's tests against the variables and functions you def
 shows which tests passed, what was expected and a hint — never a raw traceback. It returns
 a ``CheckResult`` you can also inspect (``result.passed``, ``result.score``).
 
-The instructor's grader runs the same test code (``grade_test``) inside your kernel, with the
-hidden tests added.
+The instructor's grader runs the same tests, with hidden ones added, in a process of its own:
+it calls your functions in your kernel and judges what they return there, so what your
+notebook does to this module changes only what ``check()`` shows you.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import json
 import re
 import sys
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -56,6 +57,7 @@ class TestResult:
     description: str = ""
     message: str = ""  # what went wrong, in the test author's words where possible
     hint: str = ""
+    detail: str = ""  # what really went wrong in a hidden test: for the instructor only
 
     @property
     def passed(self) -> bool:
@@ -277,10 +279,9 @@ def run_test(
         expected = test.get("expected")
         if expected is not None and _normal(shown or "") != _normal(str(expected)):
             result.status = FAILED
-            if hidden:
-                result.message = "The result is not the expected one."
-            else:
-                result.message = f"Expected {_clip(_normal(str(expected)))}, got {_clip(_normal(shown or '')) or 'nothing'}."
+            public = f"Expected {_clip(_normal(str(expected)))}, got {_clip(_normal(shown or '')) or 'nothing'}."
+            result.message = "The result is not the expected one." if hidden else public
+            result.detail = public if hidden and grading else ""
             result.hint = str(test.get("failure_message") or "")
     except NotImplementedYet as exc:
         result.status = NOT_DONE
@@ -291,12 +292,12 @@ def run_test(
         _forget(exc)
     except AssertionError as exc:
         result.status = FAILED
-        if hidden:  # its text may be built from your values: only the test's verdict is shown
-            result.message = "A hidden check failed."
-        else:
-            result.message = _clip(str(exc)) or (
-                f"This check failed: {_failing_line(exc.__traceback__, filename, str(test['code']))}"
-            )
+        public = _clip(str(exc)) or (
+            f"This check failed: {_failing_line(exc.__traceback__, filename, str(test['code']))}"
+        )
+        # A hidden test's text may be built from your values: only its verdict is shown.
+        result.message = "A hidden check failed." if hidden else public
+        result.detail = public if hidden and grading else ""
         result.hint = str(test.get("failure_message") or "")
         _forget(exc)
     except KeyboardInterrupt:
@@ -310,6 +311,11 @@ def run_test(
         if hidden:  # an exception's text is whatever the code that raised it chose
             result.message = f"The hidden test stopped with {safe_error_name(exc)}."
             result.hint = str(test.get("failure_message") or "")
+            if grading:
+                where = _failing_line(exc.__traceback__, filename, str(test["code"]))
+                result.detail = _clip(
+                    f"{type(exc).__name__}: {exc}" + (f" (at: {where})" if where else "")
+                )
         else:
             result.message = _clip(f"{type(exc).__name__}: {exc}")
             where = _failing_line(exc.__traceback__, filename, str(test["code"]))
@@ -425,28 +431,3 @@ def _hint_for(exc: BaseException) -> str:
     if isinstance(exc, LabkitTimeout):
         return "The runtime took too long: ask for fewer tokens, or try again."
     return ""
-
-
-# ----------------------------------------------------------------- grader's entry
-
-
-def grade_test(spec_json: str, namespace: dict[str, Any]) -> str:
-    """Run one test for the grader and return its outcome as JSON (used over the kernel).
-
-    The tracebacks the test made are cleared afterwards, so code that runs later (the next
-    test, a thread) cannot walk back from them into the test's frames.
-    """
-    spec = json.loads(spec_json)
-    del spec_json
-    try:
-        result = run_test(
-            spec["test"],
-            namespace,
-            question=spec["question"],
-            placeholders=spec.get("placeholders", []),
-            grading=True,
-        )
-    finally:
-        del spec
-        sys.last_type = sys.last_value = sys.last_traceback = None
-    return json.dumps(asdict(result))

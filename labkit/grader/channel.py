@@ -1,4 +1,4 @@
-"""Talking to a running kernel: wait for replies, recover from a hang, run one test."""
+"""Talking to a running kernel and its tester: replies, recovery from a hang, one test."""
 
 from __future__ import annotations
 
@@ -13,10 +13,13 @@ from typing import Any
 
 from labkit.grader.settings import GradingError
 
-__all__ = ["GRACE", "hidden_lines"]
+__all__ = ["GRACE", "MAX_LINE", "Tester", "hidden_lines"]
 
 
 GRACE = 2.0  # seconds a kernel gets to stop after an interrupt before it is killed
+
+
+MAX_LINE = 64 * 1024 * 1024  # bytes of one message between the grader and its tester
 
 
 async def _wait_reply(km: Any, kc: Any, msg_id: str, timeout: float) -> dict[str, Any] | None:
@@ -76,57 +79,138 @@ async def _recover(km: Any, kc: Any) -> bool:
         return False
 
 
-async def _run_test(
-    km: Any, kc: Any, spec: dict[str, Any], timeout: float, secrets: frozenset[str] = frozenset()
-) -> tuple[str, dict[str, Any]]:
-    """Run one test in the kernel: ("ok" | "stuck", result). The code travels in the request."""
-    from nbclient.exceptions import DeadKernelError
+class Tester:
+    """The tester process beside one kernel (``labkit.grader.tester``), driven from here.
 
-    test = spec["test"]
-    result = {
-        "name": test["name"],
-        "question": spec["question"],
-        "points": test["points"],
-        "earned": 0.0,
-        "hidden": test["hidden"],
-        "description": test["description"],
-        "hint": "",
-    }
-    expression = (
-        "__import__('labkit.course.checks', fromlist=['grade_test'])"
-        f".grade_test({json.dumps(spec)!r}, globals())"
-    )
-    msg_id = kc.execute(
-        "", silent=True, store_history=False, user_expressions={"r": expression}, allow_stdin=False
-    )
-    try:
-        reply = await _wait_reply(km, kc, msg_id, timeout)
-        recovered = True
-        if reply is None:
-            recovered = await _recover(km, kc)
-    except DeadKernelError:
-        return "stuck", {
-            **result,
-            "status": "error",
-            "message": "The kernel stopped during this test.",
+    The tests travel to the tester only; the kernel receives nothing but the calls a test
+    makes (a function's name and plain values), answered by ``labkit.grader.bridge``.
+    """
+
+    def __init__(self, process: Any, km: Any, kc: Any) -> None:
+        self.process = process
+        self.km = km
+        self.kc = kc
+        self.kernel_lost = False  # the kernel died or could not be interrupted
+
+    @classmethod
+    async def start(
+        cls, km: Any, kc: Any, command: list[str], env: dict[str, str], cwd: str
+    ) -> Tester:
+        """Start the tester process (it waits for tests on its standard input)."""
+        process = await asyncio.create_subprocess_exec(
+            *command,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+            env=env,
+            cwd=cwd,
+            limit=MAX_LINE,
+        )
+        return cls(process, km, kc)
+
+    async def close(self) -> None:
+        """Stop the tester (its tests are over, or it hung)."""
+        with contextlib.suppress(ProcessLookupError):
+            self.process.kill()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.process.wait(), 5)
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write((json.dumps(message) + "\n").encode())
+        await self.process.stdin.drain()
+
+    async def run(
+        self, spec: dict[str, Any], timeout: float, secrets: frozenset[str] = frozenset()
+    ) -> tuple[str, dict[str, Any]]:
+        """Run one test: ("ok" | "stuck" | "tester-lost", its result).
+
+        "stuck": the kernel died or did not answer an interrupt, so the notebook must run
+        again in a fresh kernel; "tester-lost": the tester hung or died and was stopped.
+        """
+        test = spec["test"]
+        base = {
+            "name": test["name"],
+            "question": spec["question"],
+            "points": test["points"],
+            "earned": 0.0,
+            "hidden": test["hidden"],
+            "description": test["description"],
+            "hint": "",
         }
-    await _drain(kc)
-    if reply is None:
-        message = f"The test took longer than {timeout:g} s and was stopped."
-        return ("ok" if recovered else "stuck"), {**result, "status": "timeout", "message": message}
-    value = reply["content"].get("user_expressions", {}).get("r", {})
-    if value.get("status") == "ok":
+        deadline = time.monotonic() + timeout
         try:
-            data: dict[str, Any] = json.loads(ast.literal_eval(value["data"]["text/plain"]))
-            return "ok", _trusted(result, data, str(test.get("failure_message") or ""), secrets)
-        except (ValueError, SyntaxError, KeyError):
-            pass
-    problem = value.get("ename", "an unreadable answer")
-    return "ok", {
-        **result,
-        "status": "error",
-        "message": f"The grader could not run this test ({problem}).",
-    }
+            await self._send({"op": "test", "spec": spec})
+            while True:
+                # The tester's own code (a fake server, a loop) has the same limit as a call.
+                wait = max(0.0, deadline - time.monotonic()) + GRACE
+                assert self.process.stdout is not None
+                line = await asyncio.wait_for(self.process.stdout.readline(), wait)
+                if not line:
+                    raise ConnectionError("the tester stopped")
+                message = json.loads(line)
+                if message.get("op") == "kernel":
+                    await self._send(await self._kernel_call(message.get("request"), deadline))
+                    continue
+                data = message.get("result") if message.get("op") == "result" else None
+                failure = str(test.get("failure_message") or "")
+                result = _trusted(base, data, failure, secrets)
+                if result["status"] == "timeout":
+                    result["message"] = f"The test took longer than {timeout:g} s and was stopped."
+                return ("stuck" if self.kernel_lost else "ok"), result
+        except (asyncio.TimeoutError, ConnectionError, ValueError, OSError) as exc:
+            await self.close()
+            timed_out = isinstance(exc, asyncio.TimeoutError)
+            message = (
+                f"The test took longer than {timeout:g} s and was stopped."
+                if timed_out
+                else "The grader could not run this test (its test process stopped)."
+            )
+            status = "timeout" if timed_out else "error"
+            return "tester-lost", {**base, "status": status, "message": message}
+
+    async def _kernel_call(self, request: Any, deadline: float) -> dict[str, Any]:
+        """Pass one call to the kernel's bridge; the answer for the tester."""
+        from nbclient.exceptions import DeadKernelError
+
+        if self.kernel_lost:
+            return {"op": "reply", "error": "the notebook's kernel has stopped"}
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return {"op": "reply", "timeout": True}
+        expression = (
+            "__import__('labkit.grader.bridge', fromlist=['serve'])"
+            f".serve({json.dumps(request)!r}, globals())"
+        )
+        msg_id = self.kc.execute(
+            "",
+            silent=True,
+            store_history=False,
+            user_expressions={"r": expression},
+            allow_stdin=False,
+        )
+        try:
+            reply = await _wait_reply(self.km, self.kc, msg_id, remaining)
+            if reply is None:
+                self.kernel_lost = not await _recover(self.km, self.kc)
+                return {"op": "reply", "timeout": True}
+        except DeadKernelError:
+            self.kernel_lost = True
+            return {"op": "reply", "error": "the notebook's kernel stopped during this call"}
+        finally:
+            await _drain(self.kc)
+        value = reply["content"].get("user_expressions", {}).get("r", {})
+        if value.get("status") == "ok":
+            text = value.get("data", {}).get("text/plain", "")
+            if isinstance(text, str) and len(text) <= MAX_LINE // 2:
+                with contextlib.suppress(ValueError, SyntaxError, MemoryError):
+                    answer = ast.literal_eval(text)
+                    if isinstance(answer, str):
+                        return {"op": "reply", "answer": answer}
+        if value.get("ename") == "KeyboardInterrupt":
+            return {"op": "reply", "timeout": True}
+        problem = str(value.get("ename", "an unreadable answer"))[:40]
+        return {"op": "reply", "error": f"the notebook's kernel could not answer ({problem})"}
 
 
 async def _drain(kc: Any) -> None:
@@ -151,13 +235,15 @@ _ERROR_NAME = re.compile(r"The hidden test stopped with ([A-Za-z][A-Za-z0-9]{0,3
 def _trusted(
     result: dict[str, Any], data: Any, failure_hint: str, secrets: frozenset[str]
 ) -> dict[str, Any]:
-    """The kernel's answer, kept to what learner code cannot turn into a leak.
+    """The tester's verdict, with its wording kept to what cannot carry a leak.
 
-    The answer comes from the learner's kernel, so any of it could be forged: the test's
-    name, points and description come from the key; the status must be a known one and
-    the points follow from it; a hidden test's message is one of a few fixed sentences.
+    The verdict is the tester's, but a message may quote values the learner's code chose:
+    the test's name, points and description come from the key; the points follow from the
+    status; a hidden test's message is one of a few fixed sentences, and what really went
+    wrong goes to ``detail``, which only the instructor sees.
     """
-    status = data.get("status") if isinstance(data, dict) else None
+    data = data if isinstance(data, dict) else {}
+    status = data.get("status")
     status = status if status in _STATUSES else "error"
     earned = result["points"] if status == "passed" else 0.0
     if result["hidden"]:
@@ -166,6 +252,9 @@ def _trusted(
             found = _ERROR_NAME.fullmatch(str(data.get("message", "")))
             message = f"The hidden test stopped with {found[1] if found else 'an error'}."
         hint = failure_hint if status != "passed" else ""
+        detail = str(data.get("detail") or data.get("message") or "")[:1000]
+        if status != "passed" and detail:
+            result = {**result, "detail": detail}
     else:
         message = str(data.get("message", ""))[:600]
         hint = str(data.get("hint", ""))[:600]

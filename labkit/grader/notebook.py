@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import multiprocessing
 import os
 import pwd
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from labkit.grader.assign import Exercise
-from labkit.grader.channel import GRACE, _ready, _recover, _run_test, hidden_lines
+from labkit.grader.channel import GRACE, Tester, _ready, _recover, hidden_lines
 from labkit.grader.kernels import FLOOD_BYTES, START_ERROR, _Kernel, _kernel_classes, _Worker
+from labkit.grader.sandbox import _LAUNCHER, _kernel_env, _limits
 from labkit.grader.settings import GradingError, Settings, Submission
-from labkit.grader.users import _grading_user
+from labkit.grader.users import _grading_user, tester_user
 
 __all__ = ["RESTARTS"]
 
@@ -25,17 +28,21 @@ RESTARTS = 2  # fresh kernels per notebook after one hung or died
 
 
 _WORKER: _Worker | None = None
+_TESTER_USER: tuple[int, int, str] | None = None  # who this worker's tests run as
 
 
 def _init_worker(settings: Settings, slots: Any) -> None:
     """Pool initializer: claim a slot, its two users, and start a kernel in advance."""
-    global _WORKER
+    global _WORKER, _TESTER_USER
     number = slots.get()
     users = [_grading_user(2 * number), _grading_user(2 * number + 1)]
+    tester = tester_user(number) if settings.sandbox else None
     if not settings.sandbox:
         me = os.getuid(), os.getgid(), pwd.getpwuid(os.getuid()).pw_name
         users = [me, me]
+        tester = me
     _WORKER = _Worker(settings, users)
+    _TESTER_USER = tester
     _WORKER.next = _WORKER.loop.create_task(_WORKER.start_kernel(_WORKER.user()))
     _WORKER.loop.run_until_complete(asyncio.sleep(0.05))  # let the kernel process start
     multiprocessing.util.Finalize(None, _WORKER.close, exitpriority=10)
@@ -214,7 +221,13 @@ async def _run_once(worker: _Worker, kernel: _Kernel, run: _Run, raw: bytes) -> 
         detail = why.read_text().strip().splitlines()[-1] if why.exists() else "no reason left"
         raise GradingError(f"the kernel stopped while starting ({detail})") from exc
     before = asyncio.all_tasks()  # tasks started from here on are this run's to clean up
+    tester: Tester | None = None
     try:
+        # Started now, it loads its modules while the notebook's cells run.
+        tester = await _start_tester(settings, kernel, kc)
+        # Once a hidden test has called the learner's code (a re-run after a crash), a
+        # cell's error text could carry what that call was given: only its name is kept.
+        hidden_seen = any(r.get("hidden") for r in run.results.values())
         for index, cell in enumerate(run.nb.cells):
             if cell.cell_type != "code" or index in run.skip:
                 continue
@@ -248,21 +261,58 @@ async def _run_once(worker: _Worker, kernel: _Kernel, run: _Run, raw: bytes) -> 
             for out in cell.get("outputs", []):
                 if out.get("output_type") == "error" and out.get("ename") != "KeyboardInterrupt":
                     run.flags.add("cell-errors")
-                    message = ": ".join(filter(None, [out.get("ename"), out.get("evalue")]))[:300]
+                    evalue = None if hidden_seen else out.get("evalue")
+                    message = ": ".join(filter(None, [out.get("ename"), evalue]))[:300]
                     run.note(index, "error", f"{label} raised {message}")
-        for spec in run.tests:
+        # Public tests first: a message a learner's code shapes can only reach its own
+        # feedback before any hidden test has called it.
+        for spec in sorted(run.tests, key=lambda t: bool(t["test"]["hidden"])):
             name = spec["test"]["name"]
             if name in run.results:
                 continue
-            outcome, value = await _run_test(kernel.km, kc, spec, settings.timeout, secrets)
+            if tester is None:
+                tester = await _start_tester(settings, kernel, kc)
+            outcome, value = await tester.run(spec, settings.timeout, secrets)
             run.results[name] = value
-            if outcome != "ok":
+            if outcome == "tester-lost":
+                tester = None  # stopped already: the next test gets a new one
+            elif outcome != "ok":
                 return False
         return True
     finally:
+        if tester is not None:
+            await tester.close()
         await _settle(before | {worker.next})
         with contextlib.suppress(Exception):
             kc.stop_channels()
+
+
+async def _start_tester(settings: Settings, kernel: _Kernel, kc: Any) -> Tester:
+    """Start the process that runs the tests beside ``kernel`` (as its own user)."""
+    assert _TESTER_USER is not None
+    uid, gid, name = _TESTER_USER
+    # Its folder is in the kernel's scratch: a file a test makes there (a log path it
+    # hands to the learner's function) is at the same path for both.
+    home = kernel.scratch / ".tester"
+    home.mkdir(mode=0o777, exist_ok=True)
+    os.chmod(home, 0o777)
+    env = _kernel_env(settings, home, name)
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    command = [sys.executable, "-I", "-m", "labkit.grader.tester"]
+    if settings.sandbox:
+        os.chown(home, uid, gid)
+        os.chmod(kernel.scratch, 0o711)  # the tester may pass through, not list
+        spec = {
+            "uid": uid,
+            "gid": gid,
+            "cwd": str(home),
+            "covers": [],
+            "chown": [],
+            "limits": _limits(settings, False),  # its own memory cap, no kernel's cgroup
+            "join": kernel.box_pid,
+        }
+        command = [sys.executable, "-I", "-S", "-c", _LAUNCHER, json.dumps(spec), *command]
+    return await Tester.start(kernel.km, kc, command, env, str(home))
 
 
 async def _settle(keep: set[Any]) -> None:
