@@ -33,18 +33,33 @@ class _StopTest(KeyboardInterrupt):
 
 
 def names_read(code: str) -> set[str]:
-    """Every name the test's code mentions that the notebook may define."""
+    """The names a test reads that the notebook may define (and no name the test binds).
+
+    Only these go to the kernel: a hidden test's own variable names stay here, like its
+    code. A function test's parameters are filled from the notebook by name, so they go too.
+    """
     try:
         tree = ast.parse(code)
     except SyntaxError:
         return set()
-    found: set[str] = set()
+    loaded: set[str] = set()
+    bound: set[str] = set()
+    parameters: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Name):
-            found.add(node.id)
-        elif isinstance(node, ast.arg):  # a function test's parameters are filled by name
-            found.add(node.arg)
-    return {n for n in found if not hasattr(builtins, n)}
+            (loaded if isinstance(node.ctx, ast.Load) else bound).add(node.id)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            bound.add(node.name)
+        elif isinstance(node, ast.alias):
+            bound.add((node.asname or node.name).split(".")[0])
+        elif isinstance(node, ast.arg):
+            bound.add(node.arg)
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            bound.add(node.name)
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and node.name.startswith("test"):
+            parameters |= {a.arg for a in node.args.args + node.args.kwonlyargs}
+    return {n for n in (loaded - bound) | parameters if not hasattr(builtins, n)}
 
 
 def _open_mkdtemp(
@@ -101,10 +116,7 @@ def _run(spec: dict[str, Any], channel: _Channel) -> dict[str, Any]:
     test = spec["test"]
     placeholders = list(spec.get("placeholders") or [])
     names = sorted(names_read(str(test["code"])) | set(placeholders))
-    try:
-        scope = boundary.lookup(names) if names else {}
-    except _StopTest:
-        scope = {}
+    scope = boundary.lookup(names) if names else {}
     result = run_test(
         test, scope, question=spec["question"], placeholders=placeholders, grading=True
     )
