@@ -36,6 +36,7 @@ generated files no longer match their master.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import os
@@ -153,7 +154,7 @@ def assign(
     solution is first graded against all its tests, and nothing is written unless every
     solution gets full marks.
     """
-    show: Callable[[str], None] = print if say else (lambda _: None)
+    show: Callable[[str], None] = functools.partial(print, flush=True) if say else (lambda _: None)
     generated = [parse_master(m) for m in masters]
     names = [g.exercise.name for g in generated]
     if len(set(names)) != len(names):
@@ -167,6 +168,9 @@ def assign(
                 + ". Nothing was written. Move your changes into the master, or copy the "
                 "files elsewhere and run again with --force to replace them."
             )
+    for g in generated:  # before validating: a warning often explains why a test fails
+        for warning in g.warnings:
+            show(f"warning: {g.exercise.name}: {warning}")
     if validate:
         _validate_all(masters, generated, root, runtime_url, timeout, show)
     for g in generated:
@@ -180,8 +184,6 @@ def assign(
             f"{g.exercise.possible:g} points → {g.learner_path}, {g.solution_path}, "
             f"{g.public_path}, {g.key_path}"
         )
-        for warning in g.warnings:
-            show(f"  warning: {warning}")
     if not validate:
         show("Not validated (--no-validate): no solution was graded against its tests.")
     return generated
@@ -282,7 +284,9 @@ def _shortfall(master: Path, g: Generated, result: dict[str, Any], out: Path) ->
     ]
     for t in lost:
         kind = "hidden" if t.get("hidden") else "public"
-        why = " ".join(str(x) for x in (t.get("message"), t.get("hint")) if x and str(x).strip())
+        # ``detail`` says what really went wrong in a hidden test (learners never see it).
+        parts = (t.get("detail") or t.get("message"), t.get("hint"))
+        why = " ".join(str(x).strip() for x in parts if x and str(x).strip())
         lines.append(
             f"  {t['name']} ({kind}, {t.get('status', '?')}): {float(t.get('earned', 0)):g} of "
             f"{float(t['points']):g} — {why or 'no reason given'}"

@@ -248,10 +248,10 @@ def _walk(cells: list[Any], st: _Parse) -> None:
             st.learner.append(_Cell(kind, text, cell_id, tags))
             continue
         if kind == "code":
+            learner = _learner_code(text, qname, st, where)
+            _refuse_leftover_markers(learner, where)  # first: a misspelt marker is the likely cause
             if block == "solution":
                 _refuse_unmarked_solution(text, where)
-            learner = _learner_code(text, qname, st, where)
-            _refuse_leftover_markers(learner, where)
             solution = _solution_code(text, where)
             st.warnings.extend(_check_syntax(solution, learner, where))
             st.learner.append(_Cell(kind, learner, cell_id, tags))

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 from pathlib import Path
 from typing import Any
 
 import nbformat
 import pytest
 
-from labkit.cli import main
+from labkit.cli import build_parser, main
 from labkit.grader import assign, parse
 from labkit.grader.assign import MasterFormatError, OverwriteRefused
 
@@ -368,3 +370,284 @@ def test_manual_questions_keep_their_points(tmp_path: Path) -> None:
     assert exercise.possible == 2.0  # automatic grading still counts only q1
     public = {q["name"]: q for q in exercise.to_public()["questions"]}
     assert public["q2"]["points"] == 3.0 and public["q2"]["manual"]
+
+
+# ---------------------------------------------------------------- authoring that cannot leak
+
+DOCS = PROJECT / "docs" / "authoring.md"
+
+
+def docs_master(folder: Path) -> Path:
+    """The minimal master of docs/authoring.md, built cell by cell from its fenced blocks."""
+    text = DOCS.read_text(encoding="utf-8")
+    name, _, rest = text.split("<!-- master: ", 1)[1].partition(" -->")
+    body = rest.split("<!-- end master -->", 1)[0]
+    kinds = {"raw": "raw", "markdown": "md", "python": "code"}
+    cells = [
+        (kinds[kind], source.strip("\n"))
+        for kind, source in re.findall(r"^```(\w+)\n(.*?)^```$", body, re.M | re.S)
+    ]
+    return _master(folder, cells, name.removesuffix(".ipynb"))
+
+
+def _fifth_exercise(tmp_path: Path, solution: str, *tests: str) -> Path:
+    """A one-question master as an instructor new to the format might write it."""
+    return _master(
+        tmp_path,
+        [
+            ("raw", "# BEGIN QUESTION\nname: q1\npoints: 2"),
+            ("md", "**Question 1 (2 points).** Write `count_words(text)`."),
+            ("raw", "# BEGIN SOLUTION"),
+            ("code", solution),
+            ("raw", "# END SOLUTION"),
+            ("raw", "# BEGIN TESTS"),
+            *(("code", t) for t in tests),
+            ("raw", "# END TESTS"),
+            ("raw", "# END QUESTION"),
+        ],
+        "05-words",
+    )
+
+
+MARKED = (
+    "def count_words(text):\n    # BEGIN SOLUTION\n    return len(text.split())\n    # END SOLUTION"
+)
+
+
+def test_the_minimal_master_in_the_docs_is_accepted_without_a_warning(tmp_path: Path) -> None:
+    master = docs_master(tmp_path)
+    assert [c.cell_type for c in _cells(master)].count("raw") == 13
+    root = tmp_path / "course"
+    generated = assign.assign([master], root, say=False)[0]
+    assert generated.warnings == []
+    exercise = generated.exercise
+    assert [(q.name, q.points) for q in exercise.questions] == [("q1", 2.0), ("q2", 1.0)]
+    assert [t.points for t in exercise.question("q1").tests] == [1.0, 1.0]
+    assert [t.hidden for q in exercise.questions for t in q.tests] == [False, True, False, True]
+    learner = _sources(root / "exercises/05-words.ipynb")
+    assert "text.split()" not in learner and "max(" not in learner
+    assert "longest = ..." in learner and "NotImplementedYet" in learner
+    assert "max(SENTENCE.split(), key=len)" in _sources(root / "solutions/05-words.ipynb")
+
+
+def test_a_solution_cell_without_in_code_markers_is_refused(tmp_path: Path) -> None:
+    """The whole cell would have reached learners, answer included."""
+    unmarked = "def count_words(text):\n    return len(text.split())"
+    master = _fifth_exercise(tmp_path, unmarked, "assert count_words('a b') == 2")
+    root = tmp_path / "course"
+    with pytest.raises(MasterFormatError) as caught:
+        assign.assign([master], root, say=False)
+    message = str(caught.value)
+    assert "05-words.ipynb, cell 4" in message  # the master and the cell
+    assert "# BEGIN SOLUTION" in message and "# SOLUTION" in message  # what to do
+    assert "Nothing was written" in message and not root.exists()
+
+
+@pytest.mark.parametrize(
+    "solution",
+    [
+        "def count_words(text):\n    # begin solution\n    return len(text.split())\n    # end solution",
+        "def count_words(text):\n    return len(text.split())  # solution",
+        "def count_words(text):\n    # BEGIN SOLUTION:\n    return len(text.split())",
+        "# BEGIN SOLUTION\ndef count_words(text):\n    return len(text.split())\n# END SOLUTION\nx = 1  # Solution",
+    ],
+)
+def test_a_misspelt_marker_is_refused_rather_than_leaked(tmp_path: Path, solution: str) -> None:
+    master = _fifth_exercise(tmp_path, solution, "assert count_words('a b') == 2")
+    with pytest.raises(MasterFormatError, match="looks like a solution marker"):
+        assign.parse_master(master)
+
+
+def test_a_marker_in_a_prompt_cell_is_refused(tmp_path: Path) -> None:
+    master = _master(
+        tmp_path,
+        [
+            ("raw", "# BEGIN QUESTION\nname: q1"),
+            ("raw", "# BEGIN PROMPT"),
+            ("code", "def f():\n    # BEGIN SOLUTION\n    return 1\n    # END SOLUTION"),
+            ("raw", "# END PROMPT"),
+            ("raw", "# END QUESTION"),
+        ],
+    )
+    with pytest.raises(MasterFormatError, match=r"cell 3.*looks like a solution marker"):
+        assign.parse_master(master)
+
+
+def test_a_solution_that_does_not_parse_is_named_without_a_runtime(tmp_path: Path) -> None:
+    broken = "def count_words(text):\n    # BEGIN SOLUTION\n    return len(text.split()\n    # END SOLUTION"
+    master = _fifth_exercise(tmp_path, broken, "assert count_words('a b') == 2")
+    with pytest.raises(MasterFormatError, match=r"cell 4: the solution code does not parse") as e:
+        assign.assign([master], tmp_path / "course", say=False, validate=True)
+    assert "return len(text.split()" in str(e.value)
+    assert not (tmp_path / "course").exists()
+
+
+def test_ipython_syntax_in_a_master_is_not_a_syntax_error(tmp_path: Path) -> None:
+    master = _master(tmp_path, [("code", "%time x = 1\n!echo hi\nlen?")])
+    assert assign.parse_master(master).warnings == []
+
+
+def test_a_learner_cell_that_does_not_parse_is_a_warning(tmp_path: Path) -> None:
+    cut = "if True:\n    # BEGIN SOLUTION NO PROMPT\n    x = 1\n    # END SOLUTION"
+    warnings = assign.parse_master(_master(tmp_path, [("code", cut)])).warnings
+    assert len(warnings) == 1 and "learner version of this cell does not parse" in warnings[0]
+
+
+@pytest.mark.parametrize(
+    ("test", "names"),
+    [
+        ("assert count_wrds('a') == 1", "`count_wrds`"),
+        ("def test_it(count_word):\n    assert count_word('a') == 1", "`count_word`"),
+        ("assert helper(count_words) == 1", "`helper`"),
+    ],
+)
+def test_a_test_using_an_undefined_name_is_warned_about(
+    tmp_path: Path, test: str, names: str
+) -> None:
+    master = _fifth_exercise(tmp_path, MARKED, "assert count_words('a b') == 2", test)
+    warnings = assign.parse_master(master).warnings
+    assert [w for w in warnings if "neither the test nor the solution notebook" in w] == [
+        f"q1.2 uses {names}, which neither the test nor the solution notebook defines: it "
+        "would fail for everyone. Import or define it in the test, or fix the spelling."
+    ]
+
+
+def test_names_a_test_defines_itself_or_imports_are_not_warned_about(tmp_path: Path) -> None:
+    test = "\n".join(
+        [
+            "import json",
+            "from pathlib import Path as P",
+            "words = [w for w in 'a b'.split()]",
+            "try:",
+            "    count_words(None)",
+            "except TypeError as exc:",
+            "    error = exc",
+            "def test_it(count_words):",
+            "    assert count_words(json.dumps(P('a').name)) == len(words) - 1",
+        ]
+    )
+    master = _fifth_exercise(tmp_path, MARKED, test)
+    assert assign.parse_master(master).warnings == []
+
+
+def _points_master(tmp_path: Path, question: str, heading: str, *tests: str) -> Path:
+    cells: list[tuple[str, str]] = [
+        ("raw", "# BEGIN QUESTION\nname: q1" + question),
+        ("md", heading),
+        ("code", "x = 1  # SOLUTION"),
+        ("raw", "# BEGIN TESTS"),
+    ]
+    for points in tests:
+        config = f'""" # BEGIN TEST CONFIG\n{points}\n""" # END TEST CONFIG\n' if points else ""
+        cells.append(("code", config + "assert x == 1"))
+    cells += [("raw", "# END TESTS"), ("raw", "# END QUESTION")]
+    return _master(tmp_path, cells)
+
+
+@pytest.mark.parametrize(
+    ("question", "heading", "tests", "warning"),
+    [
+        ("", "Question 1", ["", ""], "neither the question nor its tests give `points:`"),
+        ("", "Question 1 (2 points)", ["", ""], "its text says (2 points), but it is worth 1"),
+        (
+            "\npoints: 3",
+            "Q1",
+            ["points: 1", "points: 1"],
+            "`points: 3` in # BEGIN QUESTION is ignored",
+        ),
+        (
+            "",
+            "Q1",
+            ["points: 2", ""],
+            "q1.2 give no `points:` and the question gives no `points:` to share",
+        ),
+        ("\npoints: 2", "Q1", ["points: 2", ""], "q1.2 give no `points:` and the other tests"),
+        ("\npoints: [1, 2]", "Q1", ["points: 3", ""], "overrides the points of q1.1"),
+        ("\npoints: 2", "**Q1** [3 pts]", ["", ""], "its text says [3 pts], but it is worth 2"),
+    ],
+)
+def test_points_that_disagree_are_warned_about(
+    tmp_path: Path, question: str, heading: str, tests: list[str], warning: str
+) -> None:
+    warnings = assign.parse_master(_points_master(tmp_path, question, heading, *tests)).warnings
+    assert any(warning in w for w in warnings), warnings
+
+
+@pytest.mark.parametrize(
+    ("question", "heading", "tests"),
+    [
+        ("\npoints: 2", "Question 1 (2 points)", ["", ""]),  # shared evenly
+        ("", "Question 1 (1 point)", ["points: 0.5", "points: 0.5"]),  # summed
+        ("\npoints: 3", "Question 1 (3 points)", ["points: 1", ""]),  # the rest shared
+        ("\npoints: 3", "Question 1 (3 points)", ["points: 1", "points: 2"]),  # they agree
+    ],
+)
+def test_points_that_agree_give_no_warning(
+    tmp_path: Path, question: str, heading: str, tests: list[str]
+) -> None:
+    assert assign.parse_master(_points_master(tmp_path, question, heading, *tests)).warnings == []
+
+
+def test_the_course_masters_give_no_warning() -> None:
+    for master in assign.masters_in(PROJECT / "masters"):
+        assert assign.parse_master(master).warnings == [], master.name
+
+
+def test_unknown_settings_are_warned_about(tmp_path: Path) -> None:
+    master = _master(
+        tmp_path,
+        [
+            ("raw", "# ASSIGNMENT CONFIG\nfiles: []\ngenerate: true"),
+            ("raw", "# BEGIN QUESTION\nname: q1\npoints: 1\nexport: true\npoint: 2"),
+            ("code", "x = 1  # SOLUTION"),
+            ("raw", "# BEGIN TESTS"),
+            ("code", '""" # BEGIN TEST CONFIG\nhiden: true\n""" # END TEST CONFIG\nassert x'),
+            ("raw", "# END TESTS"),
+            ("raw", "# END QUESTION"),
+        ],
+    )
+    warnings = "\n".join(assign.parse_master(master).warnings)
+    assert "does not use these ASSIGNMENT CONFIG keys: generate" in warnings
+    assert "`export:` is an otter setting labkit ignores" in warnings
+    assert "`point:` is not a setting here" in warnings and "`hiden:` is not a setting" in warnings
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ('hidden: "false"', "must be true or false"),
+        ('points: "2"', "must be a number"),
+        ("points: -1", "must not be negative"),
+    ],
+)
+def test_settings_of_the_wrong_type_are_refused(tmp_path: Path, config: str, message: str) -> None:
+    master = _points_master(tmp_path, "", "Q1", config)
+    with pytest.raises(MasterFormatError, match=message):
+        assign.parse_master(master)
+
+
+def test_check_names_force_for_files_edited_by_hand(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    masters = tmp_path / "masters"
+    masters.mkdir()
+    shutil.copy(TOY, masters)
+    shutil.copy(TOY.parent / "toy-data.txt", masters)
+    root = tmp_path / "course"
+    assign.assign([masters / "toy.ipynb"], root, say=False)
+    learner = root / "exercises/toy.ipynb"
+    nb = nbformat.read(str(learner), as_version=4)
+    nb.cells[0].source += "\nmy own note"
+    nbformat.write(nb, str(learner))
+    capsys.readouterr()
+    assert main(["assign", str(masters), "--root", str(root), "--check"]) == 1
+    out = capsys.readouterr().out
+    assert "out of date: exercises/toy.ipynb (edited by hand)" in out
+    assert f"labkit assign {masters} --force" in out
+    assert main(["assign", str(masters), "--root", str(root), "--no-validate"]) == 1  # refused
+
+
+def test_validation_is_what_the_command_does_unless_told_not_to() -> None:
+    parser = build_parser("assign")
+    assert parser.parse_args(["assign", "masters"]).no_validate is False
+    assert parser.parse_args(["assign", "masters", "--no-validate"]).no_validate is True
