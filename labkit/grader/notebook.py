@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from labkit.grader.assign import Exercise
-from labkit.grader.channel import GRACE, Tester, _ready, _recover, hidden_lines
+from labkit.grader.channel import Tester, _ready, _recover, hidden_lines
 from labkit.grader.kernels import FLOOD_BYTES, START_ERROR, _Kernel, _kernel_classes, _Worker
 from labkit.grader.sandbox import _LAUNCHER, _kernel_env, _limits
 from labkit.grader.settings import GradingError, Settings, Submission
@@ -53,13 +53,22 @@ def _grade_in_worker(submission: Submission) -> dict[str, Any]:
     assert _WORKER is not None
     started = time.perf_counter()
     budget = _budget(_WORKER.settings)
+    progress: dict[str, Any] = {}  # what the grading got to, kept if its time runs out
     try:
         result = _WORKER.loop.run_until_complete(
-            asyncio.wait_for(_grade(_WORKER, submission), budget)
+            asyncio.wait_for(_grade(_WORKER, submission, progress), budget)
         )
-    except asyncio.TimeoutError:  # a last resort: every step has its own limit already
+    except asyncio.TimeoutError:  # the notebook's whole budget is spent: keep what it earned
         result = _empty_result(_WORKER.settings.exercise, submission, ["gave-up"])
-        result["notes"].append(f"Grading this notebook took over {budget:.0f} s and was stopped.")
+        run: _Run | None = progress.get("run")
+        if run is not None:
+            result["tests"] = [run.results.get(t["name"], t) for t in result["tests"]]
+            result["notes"] = list(run.notes)
+            result["status"] = sorted(run.flags | {"gave-up"})
+        result["notes"].append(
+            f"Grading this notebook took over {budget:.0f} s (--notebook-timeout) and was "
+            "stopped; tests that had not run yet earned nothing."
+        )
     except Exception as exc:  # one broken notebook must not stop the class
         result = _empty_result(_WORKER.settings.exercise, submission, ["grader-error"])
         result["notes"].append(f"The grader failed on this notebook: {type(exc).__name__}: {exc}")
@@ -70,8 +79,7 @@ def _grade_in_worker(submission: Submission) -> dict[str, Any]:
 
 def _budget(settings: Settings) -> float:
     """The most time one notebook may take, all cells, tests and restarts included."""
-    steps = 2 * len(_test_specs(settings.exercise)) + 100
-    return (RESTARTS + 1) * steps * (settings.timeout + GRACE)
+    return float(settings.notebook_timeout)
 
 
 def _empty_result(exercise: Exercise, sub: Submission, status: list[str]) -> dict[str, Any]:
@@ -101,7 +109,7 @@ def _empty_result(exercise: Exercise, sub: Submission, status: list[str]) -> dic
     }
 
 
-async def _grade(worker: _Worker, sub: Submission) -> dict[str, Any]:
+async def _grade(worker: _Worker, sub: Submission, progress: dict[str, Any]) -> dict[str, Any]:
     import nbformat
 
     settings = worker.settings
@@ -117,7 +125,7 @@ async def _grade(worker: _Worker, sub: Submission) -> dict[str, Any]:
         )
         return result
     result = _empty_result(settings.exercise, sub, [])
-    run = _Run(nb=nb, tests=_test_specs(settings.exercise))
+    run = progress["run"] = _Run(nb=nb, tests=_test_specs(settings.exercise))
     kernel = await worker.take_kernel()
     for attempt in range(RESTARTS + 1):
         if attempt:  # the last kernel hung or died: same user, new kernel, new scratch
