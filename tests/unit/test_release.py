@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import nbformat
 import pytest
 
 from labkit.cli import main
@@ -78,3 +79,33 @@ def test_cli_release_says_which_folder_to_hand_out(
     assert (out / "exercises/toy.ipynb").is_file() and (out / "exercises/toy-data.txt").is_file()
     assert (out / "notebooks/lesson.ipynb").is_file()
     assert not (out / "solutions").exists() and not (out / "grading").exists()
+
+
+def test_release_refuses_an_exercise_holding_solution_code(released: Path, tmp_path: Path) -> None:
+    """A solution notebook copied over its exercise is caught, even under another name."""
+    course = tmp_path / "course"
+    shutil.copytree(released, course)
+    shutil.copy(PROJECT / "solutions/01-api-script.ipynb", course / "exercises/01-extra.ipynb")
+    generated = [assign.parse_master(m) for m in assign.masters_in(PROJECT / "masters")]
+    with pytest.raises(LabkitError, match=r"exercises/01-extra\.ipynb holds solution code of "):
+        release(course, tmp_path / "out", generated)
+    assert not (tmp_path / "out").exists()
+
+
+def test_one_line_of_solution_code_in_an_exercise_is_enough(released: Path, tmp_path: Path) -> None:
+    course = tmp_path / "course"
+    shutil.copytree(released, course)
+    generated = [assign.parse_master(m) for m in assign.masters_in(PROJECT / "masters")]
+    learner = course / "exercises/01-api-script.ipynb"
+    nb = nbformat.read(str(learner), as_version=4)
+    cell = next(c for c in nb.cells if "def should_stream" in c.source)
+    cell.source += "\n    return answers[use_case]"  # a line of the solution, nothing else
+    nbformat.write(nb, str(learner))
+    with pytest.raises(LabkitError, match=r"'return answers\[use_case\]'"):
+        release(course, tmp_path / "out", generated)
+    (course / "exercises/01-api-script.ipynb").write_bytes(
+        (PROJECT / "exercises/01-api-script.ipynb").read_bytes()
+    )
+    (course / "exercises/helper.py").write_text("x = 1\nreturn answers[use_case]\n")
+    with pytest.raises(LabkitError, match=r"exercises/helper\.py holds solution code .*line 2"):
+        release(course, tmp_path / "out", generated)
