@@ -22,7 +22,28 @@ def add_arguments(parser: Any) -> None:
     )
     parser.add_argument("--regrade", action="store_true", help="grade unchanged notebooks too")
     parser.add_argument(
-        "--memory-mb", type=int, default=4096, help="memory limit per kernel (default 4096)"
+        "--memory-mb",
+        type=int,
+        default=4096,
+        help="memory cap for each kernel and every process it starts, together (default 4096)",
+    )
+    parser.add_argument(
+        "--disk-mb",
+        type=int,
+        default=512,
+        help="scratch disk of each kernel, temp folders included (default 512)",
+    )
+    parser.add_argument(
+        "--notebook-timeout",
+        type=float,
+        default=600.0,
+        help="wall-time seconds per notebook, re-runs included (default 600)",
+    )
+    parser.add_argument(
+        "--max-notebook-mb",
+        type=float,
+        default=20.0,
+        help="notebooks larger than this are not graded (default 20)",
     )
     parser.add_argument("--runtime", help="model runtime URL for the kernels (default: found)")
     parser.add_argument(
@@ -50,7 +71,9 @@ def cli(args: Any) -> int:
     from labkit import discovery
     from labkit.grader import assign
     from labkit.grader.run import find_key, grade
+    from labkit.grader.sandbox import box_gaps
 
+    _check_limits(args)
     root = Path(args.root)
     submissions = Path(args.submissions).resolve()
     hide_from_command_line(args.submissions)
@@ -63,6 +86,8 @@ def cli(args: Any) -> int:
         exercise = assign.load_key(key_path)
     out = Path(args.out) if args.out else submissions.with_name(submissions.name + "-grades")
     url = args.runtime or discovery.find_runtime(start=True).url
+    for gap in box_gaps(sandbox=not args.no_sandbox):  # never a weaker box in silence
+        print(f"Not enforced here: {gap}")
     report = grade(
         submissions,
         exercise,
@@ -73,6 +98,9 @@ def cli(args: Any) -> int:
         regrade=args.regrade,
         sandbox=not args.no_sandbox,
         memory_mb=args.memory_mb,
+        disk_mb=args.disk_mb,
+        notebook_timeout=args.notebook_timeout,
+        max_notebook_mb=args.max_notebook_mb,
         network=args.network,
         cache=not args.no_cache,
         key_path=key_path,
@@ -86,6 +114,24 @@ def cli(args: Any) -> int:
         f"of {exercise.possible:g}; see {out / 'gradebook.csv'} and {out / 'feedback'}/"
     )
     return 0
+
+
+def _check_limits(args: Any) -> None:
+    """Refuse limits no notebook could be graded under, naming the option to fix."""
+    from labkit.grader.settings import GradingError
+
+    smallest = {
+        "--memory-mb": (args.memory_mb, 256),
+        "--disk-mb": (args.disk_mb, 16),
+        "--timeout": (args.timeout, 1),
+        "--notebook-timeout": (args.notebook_timeout, 10),
+        "--max-notebook-mb": (args.max_notebook_mb, 0.01),
+    }
+    for option, (value, least) in smallest.items():
+        if value < least:
+            raise GradingError(
+                f"{option} {value:g} is too small to grade anything; use {least:g} or more."
+            )
 
 
 def hide_from_command_line(text: str) -> bool:

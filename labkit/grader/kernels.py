@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import json
 import os
 import shutil
@@ -12,13 +13,21 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from labkit.grader.network import forward_into
-from labkit.grader.sandbox import _covers, _kernel_env, _limits, enter_sandbox
+from labkit.grader.sandbox import (
+    Cgroups,
+    _covers,
+    _kernel_env,
+    _limits,
+    cgroups,
+    enter_sandbox,
+    temp_folders,
+)
 from labkit.grader.settings import GradingError, Settings
 from labkit.grader.users import kill_user_processes
 
@@ -32,6 +41,16 @@ KEEP_BYTES = 2_000_000  # output kept per notebook in executed/
 
 
 START_ERROR = "kernel-start-error.txt"  # written in the scratch folder if a kernel cannot start
+
+
+_CLONE_NEWNS, _MS_NOSUID, _MS_NODEV, _MS_REC, _MS_PRIVATE, _MNT_DETACH = (
+    0x00020000,
+    2,
+    4,
+    16384,
+    1 << 18,
+    2,
+)
 
 
 # Modules every kernel needs, loaded once by the zygote instead of once per notebook.
@@ -57,9 +76,21 @@ def _zygote_loop(requests: int, answers: int) -> None:
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # kernels are reaped at once: no zombies
     with os.fdopen(requests, "r") as incoming, os.fdopen(answers, "w") as outgoing:
         while line := incoming.readline():
+            request = json.loads(line)
+            # A sandboxed kernel's first process stays outside its box and tells the pid
+            # of the box's init (whose process group the kernel is in) through this pipe.
+            report = os.pipe() if request["sandbox"] else None
             pid = os.fork()
             if pid == 0:
-                _become_kernel(json.loads(line))
+                if report is not None:
+                    os.close(report[0])
+                    request["sandbox"]["report_fd"] = report[1]
+                _become_kernel(request)
+            if report is not None:
+                os.close(report[1])
+                with os.fdopen(report[0]) as told:
+                    box = told.readline().strip()
+                pid = int(box) if box.isdigit() else pid  # nothing told: it failed, pid dies
             outgoing.write(json.dumps({"pid": pid}) + "\n")
             outgoing.flush()
 
@@ -71,15 +102,17 @@ def _become_kernel(request: dict[str, Any]) -> None:
     try:
         os.setsid()  # its own process group, so an interrupt reaches it and its children
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
         devnull = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):
             os.dup2(devnull, fd)
-        os.closerange(3, 1024)  # nothing of the grader's stays open in the kernel
+        keep = (request["sandbox"] or {}).get("report_fd")
+        for low, high in ((3, keep), (keep + 1, 1024)) if keep else ((3, 1024),):
+            os.closerange(low, high)  # nothing of the grader's stays open in the kernel
         if request["sandbox"]:
-            enter_sandbox(request["sandbox"])
+            enter_sandbox(request["sandbox"])  # returns in the box; the rest stay outside
         else:
             os.chdir(request["cwd"])
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         os.environ.clear()
         os.environ.update(request["env"], JPY_PARENT_PID=str(os.getppid()))
         tempfile.tempdir = None  # recompute from TMPDIR, now the scratch folder
@@ -282,6 +315,8 @@ class _Kernel:
     uid: int
     gid: int
     box_pid: int = 0  # host pid of a process in its box (namespaces to join), while it runs
+    box: Path | None = None  # the folder of its scratch disk (a tmpfs when sandboxed)
+    cgroups: list[str] = field(default_factory=list)  # its memory and task caps, if any
     forwarder: Any = None  # the server that pipes its runtime port out of its network
     embed_forwarder: Any = None  # the same for $LABKIT_EMBED_URL's server, when one is set
 
@@ -295,6 +330,13 @@ class _Worker:
         self.settings = settings
         self.users = users
         self.turn = 0
+        self.boxes = 0
+        self.cgroups = cgroups() if settings.sandbox else Cgroups("")
+        if self.cgroups.version:  # boxes a killed run of these users left behind
+            self.cgroups.sweep(f"{name}." for _, _, name in users)
+        # Scratch disks are mounted in a mount namespace of this worker's (made while it
+        # has one thread, as unshare requires), so they vanish with it however it ends.
+        self.own_mounts = settings.sandbox and _own_mount_namespace()
         self.zygote = _Zygote()  # first: before the event loop and zmq start threads
         self.loop = asyncio.new_event_loop()
         asyncio.set_event_loop(self.loop)
@@ -307,43 +349,62 @@ class _Worker:
         return self.users[self.turn % len(self.users)]
 
     async def start_kernel(self, user: tuple[int, int, str]) -> _Kernel:
-        """Fork a kernel for ``user`` in a new, empty scratch folder (does not wait for it)."""
+        """Fork a kernel for ``user`` in a new box with an empty scratch disk (no waiting)."""
         from jupyter_client.manager import AsyncKernelManager
 
         provisioner_class, _ = _kernel_classes()
+        settings = self.settings
         uid, gid, name = user
-        scratch = Path(tempfile.mkdtemp(prefix="scratch-", dir=self.settings.run_dir))
-        km = AsyncKernelManager(
-            transport="ipc",  # sockets are files in the scratch folder: no one else connects
-            connection_file=str(scratch / "kernel.json"),
-            context=self.context,
-            kernel_name="python3",
-        )
-        km.kernel_id = scratch.name
-        provisioner = provisioner_class(
-            kernel_id=km.kernel_id, kernel_spec=km.kernel_spec, parent=km
-        )
-        provisioner.zygote = self.zygote
-        km.provisioner = provisioner
-        if self.settings.sandbox:
-            os.chown(scratch, uid, gid)
-            os.chmod(scratch, 0o700)
-            provisioner.sandbox = {
-                "uid": uid,
-                "gid": gid,
-                "cwd": str(scratch),
-                "covers": _covers(self.settings, scratch),
-                "chown": [str(scratch / "kernel.json")],
-                "limits": _limits(self.settings),
-                "network": self.settings.network,
-            }
-        await km.start_kernel(cwd=str(scratch), env=_kernel_env(self.settings, scratch, name))
-        kernel = _Kernel(km=km, scratch=scratch, uid=uid, gid=gid, box_pid=provisioner.pid)
-        if self.settings.sandbox and self.settings.network == "runtime":
+        box = Path(tempfile.mkdtemp(prefix="box-", dir=settings.run_dir))
+        scratch = box / "scratch"
+        groups: list[str] = []
+        try:
+            if settings.sandbox:
+                _mount_scratch_disk(box, settings.disk_mb)
+                self.boxes += 1
+                if self.cgroups.version:
+                    groups = self.cgroups.create(
+                        f"{name}.{os.getpid()}.{self.boxes}", settings.memory_mb
+                    )
+            scratch.mkdir()
+            km = AsyncKernelManager(
+                transport="ipc",  # sockets are files in the scratch folder: no one else connects
+                connection_file=str(scratch / "kernel.json"),
+                context=self.context,
+                kernel_name="python3",
+            )
+            km.kernel_id = box.name
+            provisioner = provisioner_class(
+                kernel_id=km.kernel_id, kernel_spec=km.kernel_spec, parent=km
+            )
+            provisioner.zygote = self.zygote
+            km.provisioner = provisioner
+            if settings.sandbox:
+                os.chown(scratch, uid, gid)
+                os.chmod(scratch, 0o700)
+                temp_folders(box / "temp")
+                provisioner.sandbox = {
+                    "uid": uid,
+                    "gid": gid,
+                    "cwd": str(scratch),
+                    "covers": _covers(settings, scratch, box / "temp"),
+                    "chown": [str(scratch / "kernel.json")],
+                    "limits": _limits(settings, bool(groups)),
+                    "network": settings.network,
+                    "cgroups": groups,
+                }
+            await km.start_kernel(cwd=str(scratch), env=_kernel_env(settings, scratch, name))
+        except BaseException:
+            self.cgroups.remove(groups)
+            _remove_box(box)
+            raise
+        # Sandboxed, the pid is the box's init: the kernel's parent and process group.
+        kernel = _Kernel(km, scratch, uid, gid, provisioner.pid, box, groups)
+        if settings.sandbox and settings.network == "runtime":
             try:
-                port = urlsplit(self.settings.runtime_url).port or 80
+                port = urlsplit(settings.runtime_url).port or 80
                 pid = provisioner.pid
-                kernel.forwarder = await forward_into(pid, port, self.settings.forward_to)
+                kernel.forwarder = await forward_into(pid, port, settings.forward_to)
                 if embed := _embed_target():
                     kernel.embed_forwarder = await forward_into(pid, embed[1], embed)
             except BaseException:
@@ -363,16 +424,19 @@ class _Worker:
         No polite shutdown: the notebook is done, and asking a kernel to exit (then polling
         until it has) costs more than the rest of a small notebook's grading.
         """
-        _kill_group(kernel.km)
+        _kill_group(kernel.km)  # sandboxed: the box's init, and with it the whole box
         if kernel.forwarder is not None:
             await kernel.forwarder.close()
         if kernel.embed_forwarder is not None:
             await kernel.embed_forwarder.close()
         if self.settings.sandbox:
+            # Waits until no process of the box is left (its cgroup is empty), then the
+            # user's processes anywhere: what the box holds can no longer outlive it.
+            self.cgroups.remove(kernel.cgroups)
             kill_user_processes([kernel.uid])
         with contextlib.suppress(Exception):
             await kernel.km.cleanup_resources()
-        shutil.rmtree(kernel.scratch, ignore_errors=True)
+        _remove_box(kernel.box or kernel.scratch)
 
     def close(self) -> None:
         """Stop the kernel started in advance."""
@@ -383,6 +447,34 @@ class _Worker:
         if self.settings.sandbox:
             kill_user_processes(u for u, _, _ in self.users)
         self.zygote.close()
+
+
+def _own_mount_namespace() -> bool:
+    """Give this process a private mount namespace; False if it cannot (e.g. has threads)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(_CLONE_NEWNS) != 0:
+        return False
+    # Mounts made here from now on stay here (and are not shared with the machine's).
+    return bool(libc.mount(None, b"/", None, ctypes.c_ulong(_MS_REC | _MS_PRIVATE), None) == 0)
+
+
+def _mount_scratch_disk(box: Path, size_mb: int) -> None:
+    """Mount a tmpfs of ``size_mb`` on ``box``: all a kernel can write, in one capped place."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    options = f"size={size_mb}m,mode=711".encode()
+    flags = ctypes.c_ulong(_MS_NOSUID | _MS_NODEV)
+    if libc.mount(b"tmpfs", str(box).encode(), b"tmpfs", flags, options) != 0:
+        err = ctypes.get_errno()
+        raise GradingError(f"Could not mount a scratch disk on {box}: {os.strerror(err)}.")
+
+
+def _remove_box(box: Path) -> None:
+    """Delete a kernel's scratch disk: its files first (their memory), then the mount."""
+    shutil.rmtree(box, ignore_errors=True)
+    if box.is_mount():
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.umount2(str(box).encode(), _MNT_DETACH)
+        shutil.rmtree(box, ignore_errors=True)
 
 
 def _kill_group(km: Any) -> None:

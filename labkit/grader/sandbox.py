@@ -7,46 +7,70 @@ with empty folders, sets its limits and only then becomes its grading user.
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import itertools
 import json
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from labkit.grader.settings import SCRATCH_BASE, GradingError, Settings
 from labkit.grader.users import kill_user_processes
 
-__all__ = ["ISOLATION", "PROJECT", "WORLD_WRITABLE", "enter_sandbox"]
+__all__ = [
+    "CGROUP_PARENT",
+    "ISOLATION",
+    "MAX_TASKS",
+    "PROJECT",
+    "WORLD_WRITABLE",
+    "Cgroups",
+    "box_gaps",
+    "cgroups",
+    "enter_sandbox",
+    "temp_folders",
+]
 
 
 ISOLATION = """\
-Enforced: learner code runs as an unprivileged grading user in private mount and network
-namespaces. It sees the operating system's folders, Python, the labkit package, the course's
-public data/ folder and its own scratch folder (its notebook, the exercise's data files, its
-public tests) — nothing else of the course checkout (no .git, grading keys, masters,
-solutions), no other submission or
-scratch folder, no folder outside the system ones (/home, /root, /opt, /srv, /mnt and the
-like are empty), and no process but its own (/proc is mounted with hidepid). Its network is
-its own loopback only: the runtime's port on 127.0.0.1 is forwarded to the runtime by the
-grader, and nothing else is reachable (no public address, no other local service); pass
---network host to give kernels the machine's network instead. It can write only to its
-scratch folder (temp folders are private and discarded); hidden tests reach it only over
-the kernel channel after its own cells ran, are compiled from a private copy and leave no
-source in reach; feedback for a hidden test carries only a short, sanitised message;
-memory, file size, process count and CPU time are limited; every process it started is
-killed afterwards.
-Not enforced: code that runs during the tests (a background thread, a patched built-in, an
-audit hook) can observe or tamper with the tests running in its own kernel, so a submission
-written to cheat can fake its own results (the tests run on a copy of its namespace, which
-stops accidents, not intent); the operating system's world-readable files stay readable;
-a notebook can keep the shared model runtime busy (each cell and test still has its limit).
+Enforced: each kernel and every process it starts live in a box of their own: private
+PID, IPC, mount and network namespaces, run as an unprivileged grading user. The box sees
+the operating system's folders, Python, the labkit package, the course's public data/
+folder and its own scratch folder (its notebook, the exercise's data files, its public
+tests) — nothing else of the course checkout (no .git, grading keys, masters, solutions),
+no other submission or scratch folder, no folder outside the system ones (/home, /root,
+/opt, /srv, /mnt and the like are empty), and no process outside the box (a tiny init is
+its pid 1, the kernel its child). Its network is its own loopback only: the runtime's
+port on 127.0.0.1 is forwarded to the runtime by the grader, and nothing else is reachable
+(no public address, no other local service); pass --network host to give kernels the
+machine's network instead. It can write only to its scratch folder and private temp
+folders (/tmp, /var/tmp, /dev/shm, /run/lock), all on one tmpfs of --disk-mb (default
+512) that is thrown away; System V shared memory, semaphores and message queues are the
+box's own and vanish with it. The whole box shares one memory cap (--memory-mb, default
+4096, tmpfs files and shared memory included) and one cap of 256 processes and threads
+(a cgroup, v2 or v1); each process also has file-size and CPU-time limits. Each notebook
+has a wall-time budget, re-runs included (--notebook-timeout). When a notebook is done,
+the whole box is killed — pid 1 going takes every process with it, zombies and processes
+that left the kernel's process group included — and its cgroup and tmpfs are removed.
+Hidden tests run outside the kernel, in a separate process; feedback for a hidden test
+carries only a short, sanitised message.
+Not enforced: the operating system's world-readable files stay readable; CPU time is
+limited per process but not shared out (a busy box can use every core until its limits
+stop it); a notebook can keep the shared model runtime busy (each cell and test still has
+its limit).
+Where the machine cannot: without a usable cgroup (v2, or v1 with memory and pids),
+--memory-mb caps each process on its own (RLIMIT_AS) and processes are capped per grading
+user (RLIMIT_NPROC), not per box; `labkit grade` says so when it starts. Without root (and
+with --no-sandbox) nothing above is enforced: kernels run as the user who grades.
 """
 
 # Top-level folders of the operating system a kernel keeps; every other one is emptied.
@@ -64,23 +88,34 @@ PROJECT = Path(__file__).resolve().parents[2]
 
 
 def enter_sandbox(spec: dict[str, Any]) -> None:
-    """Hide private folders, then drop from root to the grading user (raises OSError).
+    """Put this process in a box of its own, then drop from root to the grading user.
 
-    It unshares the mount namespace, mounts empty tmpfs folders over what learner code
-    must not see (keeping chosen sub-folders, re-attached from file descriptors opened
-    before the cover went on), sets resource limits, and only then gives up root. It uses
-    the standard library only, so a bare ``python -I -S`` can run it too.
+    It joins the box's cgroups (``spec["cgroups"]``: the whole tree's memory and process
+    caps), unshares the mount, IPC, PID (and, for ``network="runtime"``, network)
+    namespaces, and forks: this process stays outside as the box's keeper, writes the
+    box's pid to ``spec["report_fd"]`` if given, waits, and exits with the box's status.
+    Inside, a tiny init (pid 1) mounts a /proc of the box, empty tmpfs folders over what
+    learner code must not see (keeping chosen sub-folders, re-attached from file
+    descriptors opened before the cover went on; a cover with a fourth item binds that
+    folder instead, so temp folders count against the scratch disk), sets resource
+    limits, gives up root and forks the process that returns from here. When that one
+    ends, init ends, and with pid 1 every process of the box dies, zombies included. It
+    uses the standard library only, so a bare ``python -I -S`` can run it too. Raises
+    OSError when something cannot be set up.
 
     With ``spec["join"]`` set to the pid of a process in a kernel's box, it enters that
     box's mount and network namespaces instead (same files, same 127.0.0.1, not the same
     processes), then sets limits and drops to ``spec``'s user the same way.
     """
+    import contextlib
     import ctypes
     import os
     import resource
+    import signal
 
     libc = ctypes.CDLL(None, use_errno=True)
     ms_nosuid, ms_nodev, ms_bind, ms_rec, ms_private = 2, 4, 4096, 16384, 1 << 18
+    new_ns, new_ipc, new_pid, new_net = 0x00020000, 0x08000000, 0x20000000, 0x40000000
 
     def call(rc: int, what: str) -> None:
         if rc != 0:
@@ -97,35 +132,71 @@ def enter_sandbox(spec: dict[str, Any]) -> None:
         )
         call(rc, f"mount {target}")
 
+    def set_signals(handler: Any) -> None:
+        for number in range(1, signal.NSIG):
+            if number not in (signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD):
+                with contextlib.suppress(OSError, ValueError):  # some cannot be set
+                    signal.signal(number, handler)
+
+    def exit_code(status: int) -> int:
+        code = os.waitstatus_to_exitcode(status)
+        return code if code >= 0 else 128 - code
+
     if spec.get("join"):
         # Step into an existing box's files and network (both opened before either is
         # entered: once in its mounts, /proc is the box's own). Its covers are there already.
         box = spec["join"]
         handles = [os.open(f"/proc/{box}/ns/{name}", os.O_RDONLY) for name in ("mnt", "net")]
         try:
-            for fd, kind in zip(handles, (0x00020000, 0x40000000), strict=True):
+            for fd, kind in zip(handles, (new_ns, new_net), strict=True):
                 call(libc.setns(fd, kind), f"setns into process {box}'s namespaces")
         finally:
             for fd in handles:
                 os.close(fd)
         covers = []
     else:
-        # New mount namespace, and a network of its own (just loopback) unless asked otherwise.
-        flags = 0x00020000 | (0x40000000 if spec.get("network") == "runtime" else 0)
+        for group in spec.get("cgroups", []):  # before the fork: every process inherits it
+            with open(os.path.join(group, "cgroup.procs"), "w") as procs:
+                procs.write(str(os.getpid()))
+        flags = new_ns | new_ipc | new_pid | (new_net if spec.get("network") == "runtime" else 0)
         call(libc.unshare(flags), "unshare (needs root with CAP_SYS_ADMIN)")
+        report = spec.get("report_fd")
+        init = os.fork()
+        if init:  # the keeper, outside the box's processes
+            if report is not None:
+                os.write(report, f"{init}\n".encode())
+                os.close(report)
+            while True:
+                try:
+                    _, status = os.waitpid(init, 0)
+                    os._exit(exit_code(status))
+                except InterruptedError:
+                    continue
+        # pid 1 of the box, which ends (and takes every process in it along) with its keeper.
+        # A signal it handles could stop it; ignored ones do not even reach it.
+        set_signals(signal.SIG_IGN)
+        libc.prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
+        if report is not None:
+            os.close(report)
+        os.setsid()  # a process group of its own: an interrupt reaches the whole box
         mount(None, "/", None, ms_rec | ms_private, "")  # our mounts stay in this namespace
-        # A /proc of its own that lists only the grading user's processes (hidepid): the
-        # grader's command line and other kernels stay out of sight.
+        # A /proc of the box's processes only (hidepid: of the grading user's only).
         mount("proc", "/proc", "proc", ms_nosuid | ms_nodev | 8, "hidepid=2")  # 8: MS_NOEXEC
         covers = spec["covers"]
-    for target, keeps, mode in covers:
+    # Folders to bind in are opened first: an earlier cover may hide where they are.
+    sources = [os.open(c[3], os.O_RDONLY) if len(c) > 3 else -1 for c in covers]
+    for (target, keeps, mode, *_), source in zip(covers, sources, strict=True):
         if not os.path.lexists(target):  # under an earlier cover: hidden already
             continue
         if os.path.isfile(target):  # a single file: show /dev/null in its place
             mount("/dev/null", target, None, ms_bind, "")
             continue
         kept = [(k, os.path.isdir(k), os.open(k, os.O_RDONLY)) for k in keeps]
-        mount("tmpfs", target, "tmpfs", ms_nosuid | ms_nodev, f"mode={mode},size=256m")
+        if source >= 0:
+            mount(f"/proc/self/fd/{source}", target, None, ms_bind, "")
+            os.close(source)
+        else:
+            mount("tmpfs", target, "tmpfs", ms_nosuid | ms_nodev, f"mode={mode},size=64m")
         for keep, is_dir, fd in kept:
             if is_dir:
                 os.makedirs(keep, exist_ok=True)
@@ -142,6 +213,19 @@ def enter_sandbox(spec: dict[str, Any]) -> None:
     os.setgroups([])
     os.setgid(gid)
     os.setuid(uid)
+    if not spec.get("join"):
+        worker = os.fork()
+        if worker:  # init: reap every orphan, and end when the box's process ends
+            while True:
+                try:
+                    pid, status = os.wait()
+                except InterruptedError:
+                    continue
+                except ChildProcessError:
+                    os._exit(0)
+                if pid == worker:
+                    os._exit(exit_code(status))
+        set_signals(signal.SIG_DFL)
     os.chdir(spec["cwd"])
 
 
@@ -161,13 +245,15 @@ os.execv(sys.argv[2], sys.argv[2:])
 )
 
 
-def _covers(settings: Settings, scratch: Path) -> list[list[Any]]:
+def _covers(settings: Settings, scratch: Path, temp: Path | None = None) -> list[list[Any]]:
     """The mounts for one kernel: empty what is not the system's, hide, private temp.
 
     Every top-level folder that is not the operating system's (/home, /root, /opt, /work…)
     is replaced by an empty one that holds only what the kernel needs (Python, the labkit
     package); so is the course checkout itself, wherever it is: its .git, keys and other
-    learners' work are simply not there.
+    learners' work are simply not there. With ``temp`` (a folder on the kernel's scratch
+    disk holding one sub-folder per temp folder, see ``temp_folders``) the temp folders
+    are bound from there, so everything the kernel writes counts against one disk cap.
     """
     needed = [p for p in _needed_paths() if p != SCRATCH_BASE]
     # The course's public data folder (the handbook, the evaluation set) is what learners'
@@ -190,8 +276,22 @@ def _covers(settings: Settings, scratch: Path) -> list[list[Any]]:
     for folder in WORLD_WRITABLE:
         if os.path.isdir(folder) and os.stat(folder).st_mode & stat.S_IWOTH:
             keep = _outermost(str(p.resolve()) for p in wanted if _is_within(p, Path(folder)))
-            covers.append([folder, keep, "1777"])
+            source = [str(temp / _temp_name(folder))] if temp is not None else []
+            covers.append([folder, keep, "1777", *source])
     return covers
+
+
+def _temp_name(folder: str) -> str:
+    return folder.strip("/").replace("/", "-")
+
+
+def temp_folders(temp: Path) -> None:
+    """Make the world-writable sub-folders of ``temp`` that stand in for /tmp and the like."""
+    temp.mkdir(mode=0o711, exist_ok=True)
+    for folder in WORLD_WRITABLE:
+        path = temp / _temp_name(folder)
+        path.mkdir(exist_ok=True)
+        os.chmod(path, 0o1777)
 
 
 def _outermost(paths: Iterable[str]) -> list[str]:
@@ -278,15 +378,188 @@ def _contains_needed(folder: Path) -> bool:
     return any(_is_within(p, folder) for p in _needed_paths() if p.exists())
 
 
-def _limits(settings: Settings) -> dict[str, int]:
+def _limits(settings: Settings, tree_caps: bool) -> dict[str, int]:
+    """Per-process limits; with ``tree_caps`` (a working cgroup), memory is the cgroup's."""
     cells_and_tests = 200  # a generous ceiling on how many timed steps one notebook takes
-    return {
-        "AS": settings.memory_mb * 1024 * 1024,
-        "FSIZE": 256 * 1024 * 1024,
+    limits = {
+        "FSIZE": settings.disk_mb * 1024 * 1024,
         "NPROC": 512,
         "CORE": 0,
         "CPU": int(settings.timeout * cells_and_tests),
     }
+    if not tree_caps:  # the best left without a cgroup: each process on its own
+        limits["AS"] = settings.memory_mb * 1024 * 1024
+    return limits
+
+
+CGROUP_PARENT = "labkit-grading"  # the folder of the boxes' cgroups in each hierarchy
+
+
+MAX_TASKS = 256  # processes and threads in one kernel's box, all together
+
+
+@dataclass(frozen=True)
+class Cgroups:
+    """Where boxes get their memory and task caps: cgroup v2, v1, or nowhere (and why)."""
+
+    version: str  # "v2", "v1", or "" when neither works on this machine
+    parents: tuple[str, ...] = ()  # v2: one folder; v1: the memory one, then the pids one
+    why: str = ""  # why there are none, for the instructor
+
+    def create(self, name: str, memory_mb: int, tasks: int = MAX_TASKS) -> list[str]:
+        """Make the cgroup folders of one box with its caps set; the folders to join."""
+        memory = str(memory_mb * 1024 * 1024)
+        made: list[str] = []
+        try:
+            for parent in self.parents:
+                folder = Path(parent, name)
+                folder.mkdir()
+                made.append(str(folder))
+            if self.version == "v2":
+                _write(Path(made[0], "memory.max"), memory)
+                _write(Path(made[0], "memory.swap.max"), "0", optional=True)
+                _write(Path(made[0], "pids.max"), str(tasks))
+            else:
+                _write(Path(made[0], "memory.limit_in_bytes"), memory)
+                # Swap counts too where the kernel accounts for it; not under a cap of its own.
+                _write(Path(made[0], "memory.memsw.limit_in_bytes"), memory, optional=True)
+                _write(Path(made[1], "pids.max"), str(tasks))
+        except OSError as exc:
+            self.remove(made)
+            raise GradingError(
+                f"Could not cap a kernel's memory and processes with cgroup {self.version} "
+                f"({exc}). Check that {', '.join(self.parents)} can be written by root, or "
+                "grade on a machine with working cgroups."
+            ) from exc
+        return made
+
+    def remove(self, folders: Iterable[str], wait: float = 10.0) -> bool:
+        """Kill every process in the box's cgroups and delete them; False if one lingers."""
+        done = True
+        for folder in folders:
+            path = Path(folder)
+            if not path.exists():
+                continue
+            kill_switch = path / "cgroup.kill"  # v2 from Linux 5.14: all at once, no races
+            with contextlib.suppress(OSError):
+                if kill_switch.exists():
+                    kill_switch.write_text("1")
+            deadline = time.monotonic() + wait
+            while True:
+                try:
+                    pids = [int(p) for p in (path / "cgroup.procs").read_text().split()]
+                except OSError:
+                    pids = []
+                for pid in pids:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                with contextlib.suppress(OSError):
+                    if not pids:
+                        path.rmdir()
+                        break
+                if time.monotonic() > deadline:
+                    done = False
+                    break
+                time.sleep(0.005)
+        return done
+
+    def sweep(self, prefixes: Iterable[str]) -> None:
+        """Remove boxes left by a grading run that was killed (names starting ``prefixes``)."""
+        starts = tuple(prefixes)
+        for parent in self.parents:
+            with contextlib.suppress(OSError):
+                for entry in os.scandir(parent):
+                    if entry.is_dir() and entry.name.startswith(starts):
+                        self.remove([entry.path], wait=2.0)
+
+
+def _write(path: Path, value: str, optional: bool = False) -> None:
+    if optional and not path.exists():
+        return
+    path.write_text(value)
+
+
+@functools.cache
+def cgroups() -> Cgroups:
+    """The cgroups this machine offers for boxes: v2 if it has memory and pids, else v1."""
+    if sys.platform != "linux" or os.geteuid() != 0:
+        return Cgroups("", why="cgroups need root on Linux")
+    try:
+        mounts = _cgroup_mounts()
+    except OSError as exc:
+        return Cgroups("", why=f"cannot read the mounts ({exc})")
+    reasons = []
+    for point, fstype, _ in mounts:
+        if fstype != "cgroup2":
+            continue
+        root = Path(point)
+        try:
+            have = set((root / "cgroup.controllers").read_text().split())
+            if not {"memory", "pids"} <= have:
+                reasons.append(f"cgroup v2 at {point} has no memory and pids controllers")
+                continue
+            parent = root / CGROUP_PARENT
+            _enable(root)
+            parent.mkdir(exist_ok=True)
+            _enable(parent)
+        except OSError as exc:
+            reasons.append(f"cgroup v2 at {point}: {exc}")
+            continue
+        return Cgroups("v2", (str(parent),))
+    v1 = {}
+    for point, fstype, options in mounts:
+        for controller in ("memory", "pids"):
+            if fstype == "cgroup" and controller in options and controller not in v1:
+                v1[controller] = Path(point)
+    if len(v1) == 2:
+        try:
+            parents = [v1["memory"] / CGROUP_PARENT, v1["pids"] / CGROUP_PARENT]
+            for parent in parents:
+                parent.mkdir(exist_ok=True)
+        except OSError as exc:
+            reasons.append(f"cgroup v1: {exc}")
+        else:
+            return Cgroups("v1", tuple(str(p) for p in parents))
+    else:
+        reasons.append("no cgroup v1 memory and pids hierarchies")
+    return Cgroups("", why="; ".join(reasons))
+
+
+def _cgroup_mounts() -> list[tuple[str, str, set[str]]]:
+    """(mount point, type, options) of every cgroup file system this process sees."""
+    found = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        ours, _, theirs = line.partition(" - ")
+        fields, more = ours.split(), theirs.split()
+        if len(fields) > 4 and len(more) > 2 and more[0] in ("cgroup", "cgroup2"):
+            options = set(more[2].split(",")) | set(fields[5].split(","))
+            found.append((fields[4], more[0], options))
+    return found
+
+
+def _enable(folder: Path) -> None:
+    """Let the children of a cgroup v2 folder cap memory and tasks."""
+    control = folder / "cgroup.subtree_control"
+    if not {"memory", "pids"} <= set(control.read_text().split()):
+        control.write_text("+memory +pids")
+
+
+def box_gaps(sandbox: bool = True) -> list[str]:
+    """What the box cannot guarantee on this machine, one sentence each (none: all of it)."""
+    if not sandbox:
+        return [
+            "--no-sandbox: kernels run as you, with your files and network, and with no "
+            "memory, process or disk caps; nothing listed as enforced in ISOLATION is."
+        ]
+    gaps = []
+    found = cgroups()
+    if not found.version:
+        gaps.append(
+            f"No cgroups ({found.why}): --memory-mb caps each process of a kernel on its "
+            "own (RLIMIT_AS), not the kernel and its children together, and their number "
+            "is capped per grading user (RLIMIT_NPROC), not per kernel."
+        )
+    return gaps
 
 
 def _kernel_env(settings: Settings, scratch: Path, user: str) -> dict[str, str]:
@@ -320,20 +593,27 @@ def _preflight(settings: Settings, user: tuple[int, int, str]) -> None:
     scratch = Path(tempfile.mkdtemp(prefix="preflight-", dir=run_dir))
     uid, gid, name = user
     os.chown(scratch, uid, gid)
+    caps = cgroups()
+    # A box like a kernel's, with its own cgroups: a machine where they fail fails here.
+    groups = (
+        caps.create(f"{name}.preflight.{os.getpid()}", settings.memory_mb) if caps.version else []
+    )
     spec = {
         "uid": uid,
         "gid": gid,
         "cwd": str(scratch),
         "covers": _covers(settings, scratch),
         "chown": [],
-        "limits": _limits(settings),
+        "limits": _limits(settings, bool(groups)),
+        "cgroups": groups,
+        "network": settings.network,
     }
     # Reading the files is enough to know the kernel will import them (and much faster).
     import importlib.util
 
     needed = [str(Path(__file__).resolve().parents[1] / "course" / "checks.py")]
-    for name in ("ipykernel", "IPython", "nbformat"):
-        found = importlib.util.find_spec(name)
+    for module in ("ipykernel", "IPython", "nbformat"):
+        found = importlib.util.find_spec(module)
         if found and found.origin:
             needed.append(found.origin)
     probe = (
@@ -353,6 +633,7 @@ def _preflight(settings: Settings, user: tuple[int, int, str]) -> None:
             env=_kernel_env(settings, scratch, name),
         )
     finally:
+        caps.remove(groups)
         kill_user_processes([uid])
         shutil.rmtree(scratch, ignore_errors=True)
     if done.returncode != 0 or done.stdout.strip() != str(uid):
@@ -360,6 +641,6 @@ def _preflight(settings: Settings, user: tuple[int, int, str]) -> None:
         raise GradingError(
             "The grading sandbox does not work on this machine: "
             + " / ".join(detail)
-            + ". It needs Linux, root and mount namespaces (CAP_SYS_ADMIN). "
-            "To grade trusted notebooks without isolation, pass --no-sandbox."
+            + ". It needs Linux, root and mount, PID, IPC and network namespaces "
+            "(CAP_SYS_ADMIN). To grade trusted notebooks without isolation, pass --no-sandbox."
         )

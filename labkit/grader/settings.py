@@ -28,7 +28,10 @@ class Settings:
     runtime_url: str
     timeout: float = 60.0
     sandbox: bool = True
-    memory_mb: int = 4096
+    memory_mb: int = 4096  # for each kernel and everything it starts, together
+    disk_mb: int = 512  # each kernel's scratch disk (a tmpfs), temp folders included
+    notebook_timeout: float = 600.0  # wall-time seconds per notebook, re-runs included
+    max_notebook_mb: float = 20.0  # larger notebook files are not graded
     hide: list[str] = field(default_factory=list)  # paths covered in the kernel's view
     hide_checkouts: list[str] = field(default_factory=list)  # course folders: keep labkit only
     network: str = "runtime"  # "runtime": own loopback, runtime port forwarded; "host"

@@ -102,7 +102,10 @@ def kill_user_processes(uids: Iterable[int]) -> int:
                 continue
             fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
             ids = fields.get("Uid", "").split()[:2]
-            if wanted & set(ids) and not fields.get("State", "").strip().startswith("Z"):
+            # A zombie waits for its parent, unless its main thread alone exited (raw
+            # SYS_exit): then its other threads still run and a kill ends them.
+            dead = fields.get("State", "").strip().startswith("Z")
+            if wanted & set(ids) and not (dead and fields.get("Threads", "").strip() == "1"):
                 pids.append(int(entry.name))
         if not pids:
             break
