@@ -72,6 +72,7 @@ __all__ = [
     "MANUAL_PROMPT",
     "PUBLIC_TESTS_DIR",
     "SOLUTION_DIR",
+    "VALIDATED",
     "Exercise",
     "Generated",
     "MasterFormatError",

@@ -25,7 +25,7 @@ from pathlib import Path
 from labkit.errors import LabkitError
 from labkit.grader.exercise import KEY_DIR, LEARNER_DIR, SOLUTION_DIR, Generated
 
-__all__ = ["KEPT_OUT", "release"]
+__all__ = ["KEPT_OUT", "SOLUTION_LINE_MIN", "release"]
 
 # Top-level entries instructors keep; everything else a clean checkout holds is handed out.
 KEPT_OUT = frozenset(
