@@ -5,6 +5,9 @@ interface (down). The worker then steps one short-lived thread into that namespa
 loopback up and opens a listening socket on the runtime's port; a socket stays in the
 namespace it was made in, so the worker's event loop can accept the kernel's connections
 there and pipe each one to the runtime (or the grader's reply cache) out here.
+
+Out here, each kernel's connections to the reply cache come from a loopback address of its
+own (``kernel_address``), which is how the cache tells kernels apart.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Any
 
 from labkit.grader.settings import GradingError
 
-__all__ = ["Forwarder", "forward_into", "pipe_to"]
+__all__ = ["Forwarder", "forward_into", "kernel_address", "pipe_to"]
 
 _CLONE_NEWNET = 0x40000000
 _SIOCSIFFLAGS = 0x8914
@@ -32,8 +35,9 @@ _IFF_UP, _IFF_RUNNING = 0x1, 0x40
 class Forwarder:
     """A kernel's listening socket and the connections it is piping; ``close()`` ends all."""
 
-    def __init__(self, target: tuple[str, int]) -> None:
+    def __init__(self, target: tuple[str, int], source: str | None = None) -> None:
         self.target = target
+        self.source = source  # the address connections to the target come from, if set
         self.server: asyncio.AbstractServer | None = None
         self.pipes: set[asyncio.Task[Any]] = set()  # held here, so none is lost half-way
 
@@ -43,7 +47,7 @@ class Forwarder:
         if task is not None:
             self.pipes.add(task)
         try:
-            await pipe_to(self.target, reader, writer)
+            await pipe_to(self.target, reader, writer, self.source)
         except asyncio.CancelledError:
             # The kernel's notebook is done and its connections with it: end quietly
             # (asyncio would log a cancelled connection handler as an error).
@@ -93,7 +97,7 @@ async def forward_into(pid: int, port: int, target: tuple[str, int]) -> Forwarde
         sock = await made
     except OSError as exc:
         raise GradingError(f"could not give the kernel its runtime port ({exc})") from exc
-    forwarder = Forwarder(target)
+    forwarder = Forwarder(target, kernel_address(pid) if target[0].startswith("127.") else None)
     forwarder.server = await asyncio.start_server(forwarder.handle, sock=sock)
     return forwarder
 
@@ -119,12 +123,23 @@ def _listen_inside(namespace: str, port: int) -> socket.socket:
     return sock
 
 
+def kernel_address(pid: int) -> str:
+    """A loopback address for kernel ``pid``'s connections, in 127.128.0.0/9 (never 127.0.0.1)."""
+    number = 0x800000 + (pid & 0x7FFFFF)  # pids stay below 2**22
+    return f"127.{number >> 16}.{(number >> 8) & 0xFF}.{number & 0xFF}"
+
+
 async def pipe_to(
-    target: tuple[str, int], reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    target: tuple[str, int],
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    source: str | None = None,
 ) -> None:
-    """Copy one connection both ways to ``target`` until both sides are done."""
+    """Copy one connection both ways to ``target`` (from ``source``) until both are done."""
     try:
-        up_reader, up_writer = await asyncio.open_connection(*target)
+        up_reader, up_writer = await asyncio.open_connection(
+            *target, local_addr=(source, 0) if source else None
+        )
     except OSError:
         writer.close()
         return
