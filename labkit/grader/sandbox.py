@@ -379,17 +379,19 @@ def _contains_needed(folder: Path) -> bool:
 
 
 def _limits(settings: Settings, tree_caps: bool) -> dict[str, int]:
-    """Per-process limits; with ``tree_caps`` (a working cgroup), memory is the cgroup's."""
+    """Per-process limits (``tree_caps``: a cgroup caps the whole tree besides).
+
+    The per-process memory limit stays either way: one allocation larger than the cap then
+    fails at once with MemoryError, which a learner can read, instead of being killed.
+    """
     cells_and_tests = 200  # a generous ceiling on how many timed steps one notebook takes
-    limits = {
+    return {
+        "AS": settings.memory_mb * 1024 * 1024,
         "FSIZE": settings.disk_mb * 1024 * 1024,
         "NPROC": 512,
         "CORE": 0,
         "CPU": int(settings.timeout * cells_and_tests),
     }
-    if not tree_caps:  # the best left without a cgroup: each process on its own
-        limits["AS"] = settings.memory_mb * 1024 * 1024
-    return limits
 
 
 CGROUP_PARENT = "labkit-grading"  # the folder of the boxes' cgroups in each hierarchy
