@@ -343,6 +343,7 @@ def _finish_questions(st: _Parse) -> list[Question]:
         given = st.question_points.get(q.name)
         points = _resolve_points(given, tests, q.name, st.where)
         st.warnings.extend(_points_warnings(q, given, tests, points))
+        worth = _worth(tests, given)  # before the tests' points are filled in
         for test, value in zip(tests, points, strict=True):
             test.points = value
         q.tests = tests
@@ -355,7 +356,7 @@ def _finish_questions(st: _Parse) -> list[Question]:
         if heading and abs(float(heading.group(1)) - q.points) > 1e-6:
             st.warnings.append(
                 f"{q.name}: its text says {heading.group(0)}, but it is worth {q.points:g} "
-                f"({_worth(tests, given)}). Make the two agree."
+                f"({worth}). Make the two agree."
             )
         for test in tests:
             if test.kind == "output" and test.expected is None and _ends_in_value(test.code):

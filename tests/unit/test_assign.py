@@ -548,7 +548,12 @@ def _points_master(tmp_path: Path, question: str, heading: str, *tests: str) -> 
     ("question", "heading", "tests", "warning"),
     [
         ("", "Question 1", ["", ""], "neither the question nor its tests give `points:`"),
-        ("", "Question 1 (2 points)", ["", ""], "its text says (2 points), but it is worth 1"),
+        (
+            "",
+            "Question 1 (2 points)",
+            ["", ""],
+            "says (2 points), but it is worth 1 (no points given anywhere: 1 by default)",
+        ),
         (
             "\npoints: 3",
             "Q1",
