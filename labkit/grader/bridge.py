@@ -135,8 +135,11 @@ def encode(value: Any, depth: int = DEPTH, budget: list[int] | None = None) -> A
         return str.__str__(value)
     if value is ...:
         return {"$": "ellipsis"}
-    if type(value).__module__ == "numpy" and hasattr(value, "tolist"):  # numbers and arrays
-        return encode(value.tolist(), depth, budget)
+    if type(value).__module__ == "numpy" and hasattr(value, "tolist"):
+        if type(value).__name__ == "ndarray":  # an array stays an array (a test reads .shape)
+            dtype = str(value.dtype)
+            return {"$": "ndarray", "dtype": dtype, "v": encode(value.tolist(), depth, budget)}
+        return encode(value.tolist(), depth, budget)  # a number
     if isinstance(value, BaseException):
         return _error(value, budget)
     if depth <= 0:

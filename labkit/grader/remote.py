@@ -264,6 +264,8 @@ class Boundary:
             return float(inner)
         if tag == "ellipsis":
             return ...
+        if tag == "ndarray":
+            return _array(self.value(inner, depth - 1), data.get("dtype"))
         if tag == "exc":
             return self._exception(data)
         if tag == "class":
@@ -392,6 +394,16 @@ class Boundary:
                 cls = _RemoteClass(name, fallback, namespace)
             self._classes[key] = cls
         return self._classes[key]
+
+
+def _array(items: Any, dtype: Any) -> Any:
+    """A numpy array of numbers (only numeric types: an object array could hold anything)."""
+    import numpy
+
+    kind = numpy.dtype(dtype).kind if isinstance(dtype, str) and dtype.isalnum() else "O"
+    if kind not in "biufc":
+        raise RemoteError(f"the notebook sent an array of type {str(dtype)[:20]!r}, not numbers")
+    return numpy.array(items, dtype=dtype)
 
 
 def _remote_str(self: BaseException) -> str:

@@ -188,6 +188,17 @@ def test_data_types_survive_the_crossing() -> None:
     assert result.status == "passed", result.message
 
 
+def test_numpy_arrays_stay_arrays_of_numbers() -> None:
+    learner = "import numpy as np\ndef vectors(): return np.ones((2, 3), dtype='float32')\n"
+    result, _ = _run(
+        "v = vectors()\nassert v.shape == (2, 3) and v.dtype.name == 'float32'", learner
+    )
+    assert result.status == "passed", result.message
+    forged = json.dumps({"ok": {"$": "ndarray", "dtype": "object", "v": [1]}})
+    with pytest.raises(remote.RemoteError, match="not numbers"):
+        remote.Boundary(lambda request: forged).call({"name": "f"}, (), {})
+
+
 def test_a_name_bound_to_a_dangerous_function_runs_in_the_kernel_not_the_tester() -> None:
     # ``Client = exec`` would run the learner's string in the tester if the tester used its
     # own copy of whatever a name is bound to: it never does for callables.
