@@ -14,10 +14,13 @@ sends itself wrong answers. It uses the standard library only.
 from __future__ import annotations
 
 import base64
+import contextlib
 import inspect
 import json
 import math
+import os
 import pathlib
+from collections.abc import Iterator
 from typing import Any
 
 __all__ = ["encode", "serve"]
@@ -47,18 +50,19 @@ def serve(request: str, namespace: dict[str, Any]) -> str:
                 if name in namespace:
                     found[name] = encode(namespace[name])
             return json.dumps({"ok": {"$": "dict", "v": [[k, v] for k, v in found.items()]}})
-        if op == "next":
-            try:
-                value = next(_objects[data["handle"]])
-            except StopIteration:
-                return json.dumps({"stop": True})
-        elif op == "call":
-            target = _target(data["target"], namespace)
-            args = [_decode(a, recorded) for a in data["args"]]
-            kwargs = {k: _decode(v, recorded) for k, v in data["kwargs"]}
-            value = target(*args, **kwargs)
-        else:
-            raise ValueError(f"unknown request {op!r}")
+        with _environment(data.get("env") or []):
+            if op == "next":
+                try:
+                    value = next(_objects[data["handle"]])
+                except StopIteration:
+                    return json.dumps({"stop": True, "recorded": recorded})
+            elif op == "call":
+                target = _target(data["target"], namespace)
+                args = [_decode(a, recorded) for a in data["args"]]
+                kwargs = {k: _decode(v, recorded) for k, v in data["kwargs"]}
+                value = target(*args, **kwargs)
+            else:
+                raise ValueError(f"unknown request {op!r}")
         answer = {"ok": encode(value)}
     except KeyboardInterrupt:
         raise  # the grader stopped a call that took too long
@@ -74,6 +78,27 @@ def serve(request: str, namespace: dict[str, Any]) -> str:
         return json.dumps(
             {"raised": _error(TypeError("the value could not be sent")), "recorded": []}
         )
+
+
+@contextlib.contextmanager
+def _environment(changes: list[list[str | None]]) -> Iterator[None]:
+    """The test's LABKIT_ settings, for the duration of one call."""
+    saved = {}
+    for name, value in changes:
+        if isinstance(name, str) and name.startswith("LABKIT_"):
+            saved[name] = os.environ.get(name)
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = str(value)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _target(target: dict[str, Any], namespace: dict[str, Any]) -> Any:

@@ -117,6 +117,7 @@ class Boundary:
 
     def __init__(self, send: Callable[[dict[str, Any]], str]) -> None:
         self._send = send  # one request to the kernel -> its answer (a JSON string)
+        self._env = _labkit_env()  # as the test started: what it changes goes with each call
         self._classes: dict[tuple[str, str], type] = {}
         self._proxies: dict[int, Any] = {}  # handle -> stand-in: ``is`` holds across calls
         self._callbacks: list[Callable[..., Any]] = []
@@ -153,13 +154,27 @@ class Boundary:
             "target": target,
             "args": [self._out(a) for a in args],
             "kwargs": [[str(k), self._out(v)] for k, v in kwargs.items()],
+            "env": self._env_changes(),
         }
         return self._answer(request)
+
+    def _env_changes(self) -> list[list[str | None]]:
+        """The LABKIT_ settings the test changed, which the learner's code sees during calls.
+
+        A test may point the learner's code at its own recording proxy this way (as
+        ``$LABKIT_EMBED_URL`` does for a second embedding server).
+        """
+        now = _labkit_env()
+        return [
+            [k, now.get(k)]
+            for k in sorted(set(now) | set(self._env))
+            if now.get(k) != self._env.get(k)
+        ]
 
     def next(self, handle: int) -> Any:
         """The next item of a learner's iterator (StopIteration at its end)."""
         self._callbacks = []
-        return self._answer({"op": "next", "handle": handle})
+        return self._answer({"op": "next", "handle": handle, "env": self._env_changes()})
 
     def _answer(self, request: dict[str, Any]) -> Any:
         text = self._send(request)
@@ -414,6 +429,12 @@ def _pairs(items: Any) -> list[tuple[Any, Any]]:
     if not isinstance(items, list):
         return []
     return [(i[0], i[1]) for i in items if isinstance(i, list) and len(i) == 2]
+
+
+def _labkit_env() -> dict[str, str]:
+    import os
+
+    return {k: v for k, v in os.environ.items() if k.startswith("LABKIT_")}
 
 
 def _hashable(value: Any) -> bool:

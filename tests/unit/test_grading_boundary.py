@@ -188,6 +188,20 @@ def test_data_types_survive_the_crossing() -> None:
     assert result.status == "passed", result.message
 
 
+def test_labkit_settings_a_test_changes_reach_the_learners_code_during_calls(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    kernel = Kernel(_learner("import os\ndef where(): return os.environ.get('LABKIT_EMBED_URL')\n"))
+    monkeypatch.setenv("LABKIT_EMBED_URL", "http://127.0.0.1:1")
+    where = remote.Boundary(kernel.send).lookup(["where"])["where"]
+    assert where() == "http://127.0.0.1:1"
+    monkeypatch.setenv("LABKIT_EMBED_URL", "http://127.0.0.1:2")  # a test's own proxy
+    assert where() == "http://127.0.0.1:2"
+    monkeypatch.setenv("LABKIT_EMBED_URL", "http://127.0.0.1:1")
+    assert where() == "http://127.0.0.1:1"
+    assert '"env": []' in kernel.requests[-1]  # nothing changed: nothing sent
+
+
 def test_numpy_arrays_stay_arrays_of_numbers() -> None:
     learner = "import numpy as np\ndef vectors(): return np.ones((2, 3), dtype='float32')\n"
     result, _ = _run(
