@@ -1,6 +1,7 @@
 """A class where some learners attack the grader instead of solving the exercise.
 
-Every notebook in tests/data/grading/submissions/attacks/ is one attack on exercise 04; its
+Every notebook in tests/data/grading/submissions/attacks/ is one attack on exercise 04 (the
+box-* ones are graded in test_grading_box.py, with tight limits); its
 metadata says what it should get: ``"cheat"`` (no more than an untouched notebook) or
 ``"honest"`` (it solved the exercise as well: full marks). They are graded in one run beside
 two honest learners and an untouched notebook, as a real class would be, and then:
@@ -57,7 +58,9 @@ def graded(
     subs = base / "class"
     subs.mkdir()
     expect: dict[str, str] = {}
-    for notebook in sorted(ATTACKS.glob("*.ipynb")):
+    # The box-* attacks (memory, disk, processes, time) are graded with tight limits by
+    # test_grading_box.py; every other attack is graded here, at the default limits.
+    for notebook in sorted(p for p in ATTACKS.glob("*.ipynb") if not p.name.startswith("box-")):
         shutil.copy(notebook, subs / notebook.name)
         meta = json.loads(notebook.read_text(encoding="utf-8"))["metadata"]
         expect[notebook.stem] = meta.get("labkit_expect", {}).get("learner", "cheat")
