@@ -131,7 +131,7 @@ def tidy_result(result: dict[str, Any], secrets: frozenset[str]) -> dict[str, An
     """
     notes = []
     for note in result.get("notes", []):
-        text = str(note)
+        text = _UNSAFE_CHARS.sub(" ", str(note))  # one line in the gradebook, read as stored
         if _quotes_hidden(text, secrets):
             text = "A note quoted hidden test code and was withheld."
         elif len(text) > NOTE_CHARS:

@@ -101,12 +101,14 @@ def test_notes_are_capped_and_hidden_code_is_withheld() -> None:
     secrets = report.hidden_code(_exercise())
     assert "assertsquare(2)==4" not in secrets  # a public test's line is no secret
     notes = ["x" * 1000, "Cell 3 raised ValueError: secret  =  square( 1.5 )"]
-    notes += [f"note {n}" for n in range(20)]
+    notes += ["two\nlines\u202ereversed"]
+    notes += [f"note {n}" for n in range(19)]
     result = report.tidy_result(_result("a", notes=notes), secrets)
     kept = result["notes"]
     assert len(kept) == report.MAX_NOTES and kept[-1] == "… and 15 more notes, not shown."
     assert len(kept[0]) == report.NOTE_CHARS and kept[0].endswith("…")
     assert kept[1] == "A note quoted hidden test code and was withheld."
+    assert kept[2] == "two lines reversed"  # one line in the gradebook, read as stored
     quoted = _result("b")
     quoted["tests"][0]["message"] = "got assert secret == 2.25, 'floats'"
     quoted["tests"][0]["hint"] = "h"
