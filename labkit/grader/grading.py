@@ -9,27 +9,46 @@
 2. run the learner's code cells in order, each with a time limit (a cell that errors does
    not stop the others; a cell that hangs is interrupted, and if that fails the kernel is
    replaced and the notebook re-run without that cell);
-3. send every test — public and hidden — over the kernel's channel and run it in the same
-   kernel, after the learner's code (hidden test code is never written to a file the
-   learner's code can read);
-4. score each test (partial credit), write ``gradebook.csv``, one Markdown feedback file
-   per learner, per-test pass rates (CSV and a bar plot) and the executed notebooks.
+3. run every test — public and hidden — in a tester process of its own beside the kernel
+   (``tester``): it calls the learner's names across a narrow boundary (``remote``,
+   ``bridge``), so hidden test code never enters the kernel;
+4. score each test (partial credit), and write the result at once: its row of
+   ``gradebook.csv`` (the whole file replaced in one step), ``state.json`` (what the next
+   run reuses), the learner's Markdown feedback, the executed notebook and, for the
+   instructor only, ``instructor/NAME.md`` (why each test failed, hidden ones included).
+   Per-test pass rates (CSV and a bar plot) come last.
+
+A run survives what a notebook does to it. A worker that dies (killed, out of memory) costs
+only the notebook it held: that notebook is tried once more in a fresh worker, and if that
+fails too its row says ``grader-error``, every other row is written, and the next run grades
+it again without ``--regrade``. A run that is itself killed keeps every row it wrote; the
+next run grades only what is missing, changed or failed in the grader, and first kills what
+the killed run left running. A notebook file over ``--max-notebook-mb`` is not run (status
+``too-large``); one whose code cells are still the released notebook's is ``untouched``.
+
+What it writes is safe to open. Every folder entry has a row of its own: a learner's
+notebook is named by the learner, a stray entry by its file name (``alice`` beside
+``alice.ipynb`` is ``alice (not-a-notebook)``). A CSV cell that would start a formula
+(``=``, ``+``, ``-``, ``@``, tab, line break) starts with ``'``; names and messages are plain
+text in the Markdown (no heading, link, image, HTML or code span of their own); notes are
+single lines, capped, and withheld where they quote hidden test code.
 
 The pieces: ``sandbox`` (what a kernel sees), ``network`` (its own loopback, forwarded to
 the runtime), ``cache`` (replies shared by the class), ``users`` (grading users, slots),
-``kernels`` (zygote, forked kernels), ``channel`` (talking to a kernel), ``notebook`` (one
-notebook), ``run`` (the class), ``report`` (gradebook, feedback, plots), ``cli``.
+``kernels`` (zygote, forked kernels), ``channel`` (talking to a kernel and its tester),
+``notebook`` (one notebook), ``run`` (the class and its workers), ``report`` (gradebook,
+feedback, instructor notes, plots), ``cli``.
 
-What the sandbox enforces (Linux, run as root): the kernel runs as a grading user of its
-own, in private mount and network namespaces. Every folder outside the operating system's
-(and the course checkout itself) is replaced by an empty one that holds only Python and the
-labkit package; /tmp, /var/tmp, /dev/shm and /run/lock are private, throw-away folders
-holding only its scratch folder; /proc shows only its own processes. Its network is a
-loopback of its own where the runtime's port leads, through the grader, to the runtime.
-Limits: address space, file size, process count and CPU time. All processes of the grading
-user are killed after each notebook. Each worker has two grading users and alternates them,
-so the kernel started in advance for the next notebook never shares a user with the
-notebook running now. The full list, and what it does not enforce, is ``ISOLATION``.
+What the sandbox enforces (Linux, run as root): each kernel lives in a box of its own, as a
+grading user of its own, in private PID, IPC, mount and network namespaces. Every folder
+outside the operating system's (and the course checkout itself) is replaced by an empty one
+that holds only Python and the labkit package; scratch and temp folders are a tmpfs of
+``--disk-mb``; /proc shows only the box's processes. Its network is a loopback of its own
+where the runtime's port leads, through the grader, to the runtime. One cgroup caps the
+memory and tasks of the whole tree, and the whole box is killed after each notebook, zombies
+included. Each worker has two grading users and alternates them, so the kernel started in
+advance for the next notebook never shares a user with the notebook running now. The full
+list, and what a machine cannot enforce, is ``ISOLATION``.
 """
 
 from __future__ import annotations

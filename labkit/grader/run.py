@@ -220,7 +220,7 @@ def grade(
     )
     entries = find_submissions(submissions)
     notebooks = [s for s in entries if not s.skipped]
-    _refuse_too_large(notebooks, float(getattr(settings, "max_notebook_mb", 20.0)))
+    _refuse_too_large(notebooks, settings.max_notebook_mb)
     found = [s for s in entries if not s.skipped]
     for sub in entries:
         if sub.skipped:
@@ -399,20 +399,18 @@ def _kill_abandoned_kernels() -> None:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 continue  # a live run holds it: its processes are its own
-            free += _slot_uids(number, create=False)
+            free += _slot_uids(number)
     if free:
         kill_user_processes(free)
 
 
-def _slot_uids(number: int, *, create: bool = True) -> list[int]:
-    """The uids of a slot's grading users (only those that exist, unless ``create``)."""
+def _slot_uids(number: int) -> list[int]:
+    """The uids of a slot's users (its kernels' two and its tester) that exist."""
+    names = [f"{USER_PREFIX}{2 * number}", f"{USER_PREFIX}{2 * number + 1}"]
     uids = []
-    for n in (2 * number, 2 * number + 1):
-        if create:
-            uids.append(_grading_user(n)[0])
-            continue
+    for name in [*names, f"{USER_PREFIX}tester-{number}"]:
         with contextlib.suppress(KeyError):
-            uids.append(pwd.getpwnam(f"{USER_PREFIX}{n}").pw_uid)
+            uids.append(pwd.getpwnam(name).pw_uid)
     return uids
 
 
@@ -470,9 +468,8 @@ def _grade_all(
     finally:
         if replies is not None:
             replies.stop()
-        if uids:
-            kill_user_processes(uids)
         if slots is not None:
+            kill_user_processes(u for n in slots.numbers for u in _slot_uids(n))
             slots.release()
         shutil.rmtree(run_dir, ignore_errors=True)
 
