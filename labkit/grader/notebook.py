@@ -246,6 +246,11 @@ async def _run_once(worker: _Worker, kernel: _Kernel, run: _Run, raw: bytes) -> 
             except CellTimeoutError:
                 outcome = "timeout"
             except DeadKernelError:
+                # nbclient reports any cancellation of a running cell as a dead kernel:
+                # when the notebook's time is up (--notebook-timeout), stop, do not re-run.
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise asyncio.CancelledError from None
                 outcome = "died"
             if index in client.flooded:  # checked first: a flood often ends in a timeout
                 run.skip.add(index)
