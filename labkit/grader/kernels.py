@@ -74,6 +74,9 @@ def _zygote_loop(requests: int, answers: int) -> None:
     """
 
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # kernels are reaped at once: no zombies
+    # A box's init whose keeper was killed first comes back here to be reaped, not to a
+    # pid 1 of the machine that might never reap it.
+    ctypes.CDLL(None).prctl(36, 1)  # PR_SET_CHILD_SUBREAPER
     with os.fdopen(requests, "r") as incoming, os.fdopen(answers, "w") as outgoing:
         while line := incoming.readline():
             request = json.loads(line)
