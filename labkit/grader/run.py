@@ -290,7 +290,7 @@ def _refuse_too_large(notebooks: list[Submission], cap_mb: float) -> None:
         if size > cap_mb * 2**20:
             sub.skipped = "too-large"
             sub.reason = (
-                f"notebook over {cap_mb:g} MB (it is {size / 2**20:.1f} MB); clear its outputs "
+                f"notebook over {cap_mb:g} MB (it is {size / 2**20:.3g} MB); clear its outputs "
                 "(Edit > Clear Outputs of All Cells), save it and submit it again."
             )
 
@@ -531,12 +531,19 @@ class _Member:
     ready: bool = False
     task: _Task | None = None
     reserved: _Task | None = None  # a retry waiting for this fresh worker
+    since: float = 0.0  # when it was started, then handed its task (time.monotonic)
+    stuck: float = 0.0  # seconds it had spent on its task when it was killed for that
 
 
 ATTEMPTS = 2  # a notebook the grader failed on is tried once more, in a fresh worker
 
 
 START_FAILURES = 3  # workers that fail to start in a row before the run gives up
+
+
+# A worker stops a notebook at --notebook-timeout itself; one still busy this long after
+# that is stuck where its own clock cannot reach (a blocking call), and is killed.
+STUCK_GRACE = 120.0
 
 
 class _Pool:
@@ -569,7 +576,8 @@ class _Pool:
         )
         process.start()
         theirs.close()
-        self.members.append(_Member(number, process, ours, reserved=reserved))
+        member = _Member(number, process, ours, reserved=reserved, since=time.monotonic())
+        self.members.append(member)
 
     def run(
         self, todo: list[Submission], done: Callable[[Submission, dict[str, Any]], None]
@@ -584,13 +592,15 @@ class _Pool:
                 self.hand_out()
                 objects = [m.conn for m in self.members]
                 objects += [m.process.sentinel for m in self.members]
-                multiprocessing.connection.wait(objects)
+                multiprocessing.connection.wait(objects, timeout=5.0)
                 for member in list(self.members):
                     self.listen(member)
+                self.kill_stuck()
         finally:
             self.stop()
 
     def hand_out(self) -> None:
+        """Give each idle worker its reserved retry, or the next notebook."""
         for member in self.members:
             if not member.ready or member.task is not None:
                 continue
@@ -598,6 +608,7 @@ class _Pool:
             if task is None:
                 continue
             member.reserved, member.task = None, task
+            member.since = time.monotonic()
             try:
                 member.conn.send(task.sub)
             except OSError:  # it died just now: the task never started
@@ -630,6 +641,15 @@ class _Pool:
                 return
             self.finish(task, payload)
 
+    def kill_stuck(self) -> None:
+        """Kill a worker stuck far past its time (starting, or on a notebook it cannot stop)."""
+        limit = 2 * float(self.settings.notebook_timeout) + STUCK_GRACE
+        for member in self.members:
+            busy = time.monotonic() - member.since
+            if (member.task is not None or not member.ready) and busy > limit and not member.stuck:
+                member.stuck = busy
+                member.process.kill()  # noticed as a dead worker on the next turn
+
     def finish(self, task: _Task, result: dict[str, Any]) -> None:
         result["attempts"] = task.attempt
         result["retried"] = task.earlier
@@ -651,6 +671,8 @@ class _Pool:
         task = member.task
         if task is not None:
             what = f"The grading worker stopped (exit code {code}) while grading this notebook."
+            if member.stuck:
+                what = f"The grading worker was stuck on this notebook for {member.stuck:.0f} s."
             if task.attempt < ATTEMPTS:
                 retry = _Task(task.sub, task.attempt + 1, [*task.earlier, what])
             else:

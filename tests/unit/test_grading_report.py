@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import pytest
 from labkit.grader import report, run
 from labkit.grader.exercise import Exercise, Question
 from labkit.grader.exercise import TestCase as Case
-from labkit.grader.settings import Submission
+from labkit.grader.settings import Settings, Submission
 
 FORMULA = '=HYPERLINK("http:\\\\evil.example","x")'
 MARKDOWN = "*[x](http://evil.example)* <img src=x onerror=alert(1)> `code`\n# heading $x$ | cell"
@@ -178,7 +179,7 @@ def test_a_notebook_over_the_size_cap_is_not_run(tmp_path: Path) -> None:
     subs = [Submission("big", big), Submission("small", small)]
     run._refuse_too_large(subs, 0.25)
     assert [(s.learner, s.skipped) for s in subs] == [("big", "too-large"), ("small", "")]
-    assert subs[0].reason.startswith("notebook over 0.25 MB (it is 0.3 MB)")
+    assert subs[0].reason.startswith("notebook over 0.25 MB (it is 0.286 MB)")
     row = run._skipped_row(_exercise(), subs[0])
     assert row["status"] == ["not-graded", "too-large"]
     assert row["notes"][0].startswith("Not graded: notebook over 0.25 MB")
@@ -195,3 +196,29 @@ def test_untouched_work_is_recognised_by_its_code_cells() -> None:
     assert run._code_cells(given) == run._code_cells(run_once) == ["def f():\n    ..."]
     assert run._code_cells(solved) != run._code_cells(given)
     assert run._code_cells(b"not json") is None
+
+
+class _Process:
+    def __init__(self) -> None:
+        self.killed = False
+
+    def kill(self) -> None:
+        self.killed = True
+
+
+def test_a_worker_stuck_far_past_the_notebook_timeout_is_killed() -> None:
+    settings = Settings(_exercise(), "http://127.0.0.1:1", notebook_timeout=10.0)
+    pool = run._Pool(settings, [0])
+    now = time.monotonic()
+    limit = 2 * 10.0 + run.STUCK_GRACE
+    busy, late, idle, starting = (_Process() for _ in range(4))
+    task = run._Task(Submission("a", Path("a.ipynb")))
+    pool.members = [
+        run._Member(0, busy, None, ready=True, task=task, since=now - limit + 30),
+        run._Member(1, late, None, ready=True, task=task, since=now - limit - 1),
+        run._Member(2, idle, None, ready=True, since=now - limit - 1),  # waiting is fine
+        run._Member(3, starting, None, since=now - limit - 1),
+    ]
+    pool.kill_stuck()
+    assert [p.killed for p in (busy, late, idle, starting)] == [False, True, False, True]
+    assert pool.members[1].stuck > limit
