@@ -103,6 +103,7 @@ def _become_kernel(request: dict[str, Any]) -> None:
 
     code = 0
     try:
+        _die_with_parent()
         os.setsid()  # its own process group, so an interrupt reaches it and its children
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         devnull = os.open(os.devnull, os.O_RDWR)
@@ -137,6 +138,14 @@ def _become_kernel(request: dict[str, Any]) -> None:
         os._exit(code)
 
 
+def _die_with_parent() -> None:
+    """Be killed when the parent goes: a killed worker takes its starter, keepers and boxes."""
+    parent = os.getppid()
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # it went before the line above: nothing would tell us
+        os._exit(70)
+
+
 class _Zygote:
     """A copy of the worker, made before it starts any thread, that forks the kernels."""
 
@@ -155,6 +164,7 @@ class _Zygote:
         if self.pid == 0:
             code = 0
             try:
+                _die_with_parent()
                 for fd in range(3, 1024):  # keep only the two pipe ends this side uses
                     if fd not in (requests, from_zygote):
                         with contextlib.suppress(OSError):

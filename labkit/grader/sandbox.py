@@ -175,7 +175,6 @@ def enter_sandbox(spec: dict[str, Any]) -> None:
         # pid 1 of the box, which ends (and takes every process in it along) with its keeper.
         # A signal it handles could stop it; ignored ones do not even reach it.
         set_signals(signal.SIG_IGN)
-        libc.prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
         if report is not None:
             os.close(report)
         os.setsid()  # a process group of its own: an interrupt reaches the whole box
@@ -214,6 +213,7 @@ def enter_sandbox(spec: dict[str, Any]) -> None:
     os.setgid(gid)
     os.setuid(uid)
     if not spec.get("join"):
+        libc.prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL; set after setuid, which clears it
         worker = os.fork()
         if worker:  # init: reap every orphan, and end when the box's process ends
             while True:
