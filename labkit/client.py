@@ -13,7 +13,8 @@
 
 Everything is plain HTTP with ``requests``. Failures become the errors in ``labkit.errors``;
 busy or unreachable runtimes are retried (``labkit/retry.py``); every call is bounded in time
-and size (``labkit/transport.py``) and can be logged (``labkit/calllog.py``).
+and size (``labkit/transport.py``) and can be logged (``labkit/connection.py`` writes one
+line per call with ``labkit/calllog.py``). The keywords the verbs share are ``Ask``.
 """
 
 from __future__ import annotations
@@ -21,32 +22,48 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
+from difflib import get_close_matches
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
 import numpy.typing as npt
 
-from labkit import discovery, health
+from labkit import discovery
 from labkit.calllog import CallLog
-from labkit.connection import Connection
+from labkit.connection import Call, Connection
 from labkit.dialects import Format, Messages, Settings, as_messages, check_format
-from labkit.errors import InvalidInput, InvalidModelOutput, LabkitError, ModelNotFound, ServerError
-from labkit.models import match_model
+from labkit.errors import InvalidInput, ModelNotFound, ServerError
+from labkit.probe import LLAMA_CPP, LM_STUDIO, OLLAMA, check_health
 from labkit.reply import Health, Reply, Timeout
-from labkit.retry import NO_RETRY, RetryPolicy
+from labkit.retry import RetryPolicy
 from labkit.stream import Stream
-from labkit.structured import parse_json, validate
-from labkit.transport import MAX_RESPONSE_BYTES
+from labkit.transport import MAX_RESPONSE_BYTES, base_url
 
-__all__ = ["PRESETS", "Client"]
+if TYPE_CHECKING:  # Python 3.11 has it in typing; this works on 3.10 too
+    from typing_extensions import Unpack
+
+__all__ = ["PRESETS", "Ask", "Client"]
 
 # name -> (base URL, dialect, what to start when nothing answers there)
 PRESETS: dict[str, tuple[str, str, str]] = {
-    "ollama": ("http://127.0.0.1:11434", "ollama", "Ollama"),
-    "lmstudio": ("http://127.0.0.1:1234", "openai", "LM Studio's server"),
-    "llamacpp": ("http://127.0.0.1:8080", "openai", "llama.cpp's llama-server"),
+    "ollama": (OLLAMA.url, OLLAMA.dialect, "Ollama"),
+    "lmstudio": (LM_STUDIO.url, LM_STUDIO.dialect, "LM Studio's server"),
+    "llamacpp": (LLAMA_CPP.url, LLAMA_CPP.dialect, "llama.cpp's llama-server"),
 }
+
+
+class Ask(TypedDict, total=False):
+    """The keywords ``chat``, ``generate`` and ``stream`` take besides the prompt (all optional)."""
+
+    model: str | None  # the client's model when None
+    system: str | None  # a system message put first
+    format: Format  # "json" or a JSON schema the reply must follow
+    temperature: float | None
+    seed: int | None
+    max_tokens: int | None  # the most tokens to write (Ollama's num_predict)
+    options: Mapping[str, Any] | None  # more runtime options, passed on as they are
+    timeout: Timeout | float | None  # this call's timeout (the client's when None)
 
 
 class Client(Connection):
@@ -85,16 +102,15 @@ class Client(Connection):
             runtime_name=runtime_name,
             max_response_bytes=max_response_bytes,
             clock=clock,
+            log=log,
         )
         self.model = model or None
         self.embed_model = embed_model or None
         # llama.cpp serves embeddings from a second server: $LABKIT_EMBED_URL names it.
         embed_url = discovery.embed_url_from_env() if embed_url is None else embed_url
-        self.embed_url = embed_url.rstrip("/").removesuffix("/v1") or self.url
+        self.embed_url = base_url(embed_url) or self.url
         self._embedder: Client | None = None
         self._known_models = known
-        self._versions: dict[str, str | None] = {}  # model -> digest, for the call log
-        self.log = CallLog(log) if isinstance(log, (str, Path)) else log
 
     @classmethod
     def preset(cls, name: str, **kwargs: Any) -> Client:
@@ -118,74 +134,28 @@ class Client(Connection):
 
     # --- verbs ----------------------------------------------------------------------------
 
-    def chat(
-        self,
-        messages: Messages,
-        *,
-        model: str | None = None,
-        system: str | None = None,
-        format: Format = None,
-        temperature: float | None = None,
-        seed: int | None = None,
-        max_tokens: int | None = None,
-        options: Mapping[str, Any] | None = None,
-        timeout: Timeout | float | None = None,
-    ) -> Reply:
+    def chat(self, messages: Messages, **ask: Unpack[Ask]) -> Reply:
         """Send a conversation (or one prompt string) and wait for the whole answer."""
-        check_format(format)
-        listed = as_messages(messages, system)
-        model = model or self._default_model()
-        settings = Settings(format, temperature, seed, max_tokens, options)
+        model, listed, settings = self._open("chat", messages, ask)
         path, body = self.dialect.chat(model, listed, False, settings)
-        return self._complete(
-            path, body, model=model, prompt=listed, format=format, timeout=timeout
-        )
+        return self._complete(path, body, model, listed, ask)
 
-    def generate(
-        self,
-        prompt: str,
-        *,
-        model: str | None = None,
-        system: str | None = None,
-        format: Format = None,
-        temperature: float | None = None,
-        seed: int | None = None,
-        max_tokens: int | None = None,
-        options: Mapping[str, Any] | None = None,
-        timeout: Timeout | float | None = None,
-    ) -> Reply:
+    def generate(self, prompt: str, **ask: Unpack[Ask]) -> Reply:
         """Send one prompt (no conversation) and wait for the whole answer."""
-        check_format(format)
         if not isinstance(prompt, str):
             raise InvalidInput(f"generate() takes one prompt string, not {type(prompt).__name__}.")
-        listed = as_messages(prompt, system)  # validates; also what the log records
-        model = model or self._default_model()
-        settings = Settings(format, temperature, seed, max_tokens, options)
-        path, body = self.dialect.generate(model, prompt, system, False, settings)
-        return self._complete(
-            path, body, model=model, prompt=listed, format=format, timeout=timeout
-        )
+        model, listed, settings = self._open("generate", prompt, ask)  # listed: for the log
+        path, body = self.dialect.generate(model, prompt, ask.get("system"), False, settings)
+        return self._complete(path, body, model, listed, ask)
 
-    def stream(
-        self,
-        messages: Messages,
-        *,
-        model: str | None = None,
-        system: str | None = None,
-        format: Format = None,
-        temperature: float | None = None,
-        seed: int | None = None,
-        max_tokens: int | None = None,
-        options: Mapping[str, Any] | None = None,
-        timeout: Timeout | float | None = None,
-    ) -> Stream:
+    def stream(self, messages: Messages, **ask: Unpack[Ask]) -> Stream:
         """Like chat, but iterate over the answer's pieces as the model writes them."""
-        check_format(format)
-        listed = as_messages(messages, system)
-        model = model or self._default_model()
-        settings = Settings(format, temperature, seed, max_tokens, options)
+        model, listed, settings = self._open("stream", messages, ask)
         path, body = self.dialect.chat(model, listed, True, settings)
-        return Stream(self, path, body, model=model, prompt=listed, format=format, timeout=timeout)
+        timeout = ask.get("timeout")
+        return Stream(
+            self, path, body, model=model, prompt=listed, format=settings.format, timeout=timeout
+        )
 
     def embed(
         self,
@@ -212,12 +182,13 @@ class Client(Connection):
                 items, model=model or self.embed_model, batch_size=batch_size, timeout=timeout
             )
         model = model or self._default_embed_model()
-        start, deadline, rows = time.perf_counter(), self.deadline(timeout), []
-        try:
+        call = Call(self, self.dialect.embed_path, model=model, prompt=items, timeout=timeout)
+        rows: list[list[float]] = []
+        with call.failures_logged():
             for i in range(0, len(items), batch_size):
                 batch = items[i : i + batch_size]
                 path, body = self.dialect.embed(model, batch)
-                data = self.call_json("POST", path, body, deadline, model=model)
+                data = self.call_json("POST", path, body, call.deadline, model=model)
                 rows.extend(self._vectors(data, path, len(batch)))
             try:
                 result = np.asarray(rows, dtype=np.float32)
@@ -226,22 +197,7 @@ class Client(Connection):
                     f"The runtime's embeddings from {self.dialect.embed_path} differ in length.",
                     status=200,
                 ) from exc
-        except LabkitError as exc:
-            latency = time.perf_counter() - start
-            self.log_call(
-                self.dialect.embed_path, model, items, latency, deadline.attempts, error=exc
-            )
-            raise
-        latency = time.perf_counter() - start
-        self.log_call(
-            self.dialect.embed_path,
-            model,
-            items,
-            latency,
-            deadline.attempts,
-            texts=len(items),
-            dim=int(result.shape[1]),
-        )
+        call.log(texts=len(items), dim=int(result.shape[1]))
         return result
 
     def _vectors(self, data: dict[str, Any], path: str, expected: int) -> list[list[float]]:
@@ -261,7 +217,7 @@ class Client(Connection):
 
     def health(self, model: str | None = None) -> Health:
         """Whether the runtime answers, and (if named) whether it has ``model``; never raises."""
-        report = health.check_health(
+        report = check_health(
             self.url,
             self.dialect.name,
             model,
@@ -275,7 +231,7 @@ class Client(Connection):
             return Health(False, available, detail)
         return Health(True, available, str(report))
 
-    # --- plumbing: defaults, requests, errors, logging -------------------------------------
+    # --- plumbing: default models, the verbs' shared opening -------------------------------
 
     def _default_model(self) -> str:
         if self.model is None:
@@ -316,110 +272,43 @@ class Client(Connection):
             )
         return chosen
 
+    def _open(
+        self, verb: str, messages: Messages, ask: Ask
+    ) -> tuple[str, list[dict[str, Any]], Settings]:
+        """What every verb does first: check its keywords, list the messages, pick the model."""
+        if unknown := sorted(set(ask) - Ask.__optional_keys__):
+            close = get_close_matches(unknown[0], Ask.__optional_keys__, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise InvalidInput(
+                f"{verb}() got the unknown keyword {unknown[0]!r}.{hint} It takes: "
+                f"{', '.join(Ask.__annotations__)}."
+            )
+        format = ask.get("format")
+        check_format(format)
+        listed = as_messages(messages, ask.get("system"))
+        model = ask.get("model") or self._default_model()
+        settings = Settings(
+            format,
+            ask.get("temperature"),
+            ask.get("seed"),
+            ask.get("max_tokens"),
+            ask.get("options"),
+        )
+        return model, listed, settings
+
     def _complete(
-        self,
-        path: str,
-        body: dict[str, Any],
-        *,
-        model: str,
-        prompt: list[dict[str, Any]],
-        format: Format,
-        timeout: Timeout | float | None,
+        self, path: str, body: dict[str, Any], model: str, prompt: list[dict[str, Any]], ask: Ask
     ) -> Reply:
         """A non-streamed chat or generate call: send, retry, parse, validate, log."""
-        start, deadline = time.perf_counter(), self.deadline(timeout)
-        try:
-            data = self.call_json("POST", path, body, deadline, model=model)
+        format, timeout = ask.get("format"), ask.get("timeout")
+        call = Call(self, path, model=model, prompt=prompt, format=format, timeout=timeout)
+        with call.failures_logged():
+            data = self.call_json("POST", call.path, body, call.deadline, model=call.model)
             if not self.dialect.has_text(data):
                 raise ServerError(
-                    f"The runtime's answer to {path} has no text where the "
+                    f"The runtime's answer to {call.path} has no text where the "
                     f"{self.dialect.name} dialect puts it.",
                     status=200,
                     detail=json.dumps(data)[:300],
                 )
-        except LabkitError as exc:
-            latency = time.perf_counter() - start
-            self.log_call(path, model, prompt, latency, deadline.attempts, error=exc)
-            raise
-        parsed = self.dialect.parse(data)
-        reply = Reply(
-            text=parsed.text,
-            model=parsed.model or model,
-            dialect=self.dialect.name,
-            raw=data,
-            latency=time.perf_counter() - start,
-            prompt_tokens=parsed.prompt_tokens,
-            completion_tokens=parsed.completion_tokens,
-            timings=parsed.timings,
-            finish_reason=parsed.finish_reason,
-            attempts=deadline.attempts,
-            schema=format if isinstance(format, Mapping) else None,
-        )
-        return self.finish(reply, path, model, prompt, format)
-
-    def finish(self, reply: Reply, path: str, model: str, prompt: Any, format: Format) -> Reply:
-        """Check the reply against the format asked for, log the call, hand it back."""
-        if format is not None:
-            try:
-                if isinstance(format, Mapping):
-                    validate(reply, format)
-                else:
-                    parse_json(reply.text)
-                reply.validation = "ok"
-            except InvalidModelOutput as exc:
-                reply.validation = str(exc)  # the caller decides: reply.json() raises it
-                if reply.finish_reason == "length" and "max_tokens" not in reply.validation:
-                    reply.validation += " The reply was cut off at max_tokens: raise it."
-        failed = reply.validation not in (None, "ok")
-        self.log_call(
-            path,
-            model,
-            prompt,
-            reply.latency,
-            reply.attempts,
-            first_token=reply.first_token,
-            reply_chars=len(reply.text),
-            prompt_tokens=reply.prompt_tokens,
-            completion_tokens=reply.completion_tokens,
-            validation=None if reply.validation is None else ("failed" if failed else "ok"),
-            validation_error=reply.validation if failed else None,
-            # A reply that failed validation is kept whole: it is the case to study and fix.
-            reply=reply.text if failed else None,
-        )
-        return reply
-
-    def log_call(
-        self, path: str, model: str, prompt: Any, latency: float, attempts: int, **fields: Any
-    ) -> None:
-        """One record in the call log, if the client has one."""
-        if self.log is None:
-            return
-        # The messages as JSON: the same conversation always hashes the same.
-        text = json.dumps(prompt, ensure_ascii=False, sort_keys=True)
-        self.log.record(
-            endpoint=path,
-            dialect=self.dialect.name,
-            model=model,
-            model_version=self._model_version(model),
-            prompt=text,
-            latency=latency,
-            attempts=attempts,
-            **fields,
-        )
-
-    def _model_version(self, model: str) -> str | None:
-        """The model's digest from /api/tags (Ollama), looked up once per model; else None."""
-        if model not in self._versions:
-            self._versions[model] = None
-            if self.dialect.name == "ollama":
-                try:
-                    quick = self.deadline(Timeout(5.0, 5.0, 10.0))
-                    data = self.call_json(
-                        "GET", "/api/tags", None, quick, model=None, retry=NO_RETRY
-                    )
-                except LabkitError:
-                    return None  # the log must never break a call; try again next time
-                entries = {str(e.get("name", "")): e for e in data.get("models", [])}
-                if (name := match_model(model, entries)) is not None:
-                    self._versions[model] = str(entries[name].get("digest", ""))[:12] or None
-        return self._versions[model]
+        return call.reply(self.dialect.parse(data), data)

@@ -1,29 +1,36 @@
-"""One runtime's address and how to reach it: the session, limits, retries, and JSON requests.
+"""One runtime's address and how to reach it: the session, limits, retries, JSON requests, the log.
 
-``Client`` (``labkit/client.py``) builds its verbs on this class. Each call gets a
+``Client`` (``labkit/client.py``) builds its verbs on this class. Each call is a ``Call``: a
 ``Deadline`` (``Timeout.total``) that covers every attempt, every pause between retries and
-every byte read; answers larger than ``max_response_bytes`` are refused.
+every byte read, and one line in the call log (``labkit/calllog.py``) when it ends, whether
+with a ``Reply`` or an error. Answers larger than ``max_response_bytes`` are refused.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import requests
 
-from labkit import discovery, health
-from labkit.dialects import DIALECTS, Dialect, dialect_named
-from labkit.errors import InvalidInput, LabkitError, ServerError
-from labkit.reply import Timeout
+from labkit.calllog import CallLog
+from labkit.dialects import DIALECTS, Dialect, Format, Parsed, dialect_named
+from labkit.errors import InvalidInput, InvalidModelOutput, LabkitError, ServerError
+from labkit.models import match_model
+from labkit.probe import KNOWN_RUNTIMES, identify
+from labkit.reply import Reply, Timeout
 from labkit.retry import NO_RETRY, RetryPolicy
+from labkit.structured import parse_json, validate
 from labkit.transport import (
     MAX_RESPONSE_BYTES,
     Deadline,
     auth_headers,
+    base_url,
     error_text,
     http_error,
     read_body,
@@ -31,7 +38,7 @@ from labkit.transport import (
     tries,
 )
 
-__all__ = ["Connection"]
+__all__ = ["Call", "Connection"]
 
 T = TypeVar("T")
 ERROR_BODY_BYTES = 64 * 1024  # an error message is short; more is not worth reading
@@ -51,15 +58,15 @@ class Connection:
         runtime_name: str | None = None,
         max_response_bytes: int = MAX_RESPONSE_BYTES,
         clock: Callable[[], float] = time.monotonic,
+        log: CallLog | str | Path | None = None,
     ) -> None:
-        base = url.rstrip("/")
-        self.url = base.removesuffix("/v1")
+        self.url = base_url(url)
         if not urlsplit(self.url).scheme.startswith("http"):
             raise InvalidInput(f"{url!r} is not an http:// URL (example: http://127.0.0.1:11434).")
         if max_response_bytes < 1:
             raise InvalidInput(f"max_response_bytes must be positive, not {max_response_bytes}.")
         # A URL ending in /v1 is what OpenAI-style clients are given: take the hint.
-        dialect = dialect or ("openai" if base != self.url else self._guess_dialect())
+        dialect = dialect or ("openai" if url.rstrip("/") != self.url else self._guess_dialect())
         self.dialect: Dialect = dialect_named(dialect)
         self.timeout = Timeout.of(timeout, Timeout())
         self.retry = retry if retry is not None else RetryPolicy()
@@ -77,14 +84,16 @@ class Connection:
             self.session.trust_env = False  # a proxy from the environment must not see loopback
         self.api_key = api_key
         self.session.headers.update(auth_headers(api_key))  # for a runtime behind a gateway
+        self.log = CallLog(log) if isinstance(log, (str, Path)) else log
         self._known_models: tuple[str, ...] | None = None
+        self._versions: dict[str, str | None] = {}  # model -> digest, for the call log
 
     def _guess_dialect(self) -> str:
         port = urlsplit(self.url).port
-        for _, known_port, dialect in discovery.KNOWN_RUNTIMES:
-            if port == known_port:
-                return dialect
-        found = health.identify(self.url)
+        for known in KNOWN_RUNTIMES:
+            if port == known.port:
+                return known.dialect
+        found = identify(self.url)
         # Nothing answers: OpenAI's dialect is the one most servers speak.
         return found[0] if found and found[0] in DIALECTS else "openai"
 
@@ -216,3 +225,119 @@ class Connection:
             return data
 
         return self.retrying(once, deadline, retry)
+
+    def model_version(self, model: str) -> str | None:
+        """The model's digest from /api/tags (Ollama), looked up once per model; else None."""
+        if model not in self._versions:
+            self._versions[model] = None
+            if self.dialect.name == "ollama":
+                try:
+                    quick = self.deadline(Timeout(5.0, 5.0, 10.0))
+                    data = self.call_json(
+                        "GET", "/api/tags", None, quick, model=None, retry=NO_RETRY
+                    )
+                except LabkitError:
+                    return None  # the log must never break a call; try again next time
+                entries = {str(e.get("name", "")): e for e in data.get("models", [])}
+                if (name := match_model(model, entries)) is not None:
+                    self._versions[model] = str(entries[name].get("digest", ""))[:12] or None
+        return self._versions[model]
+
+
+class Call:
+    """One call from its start to its end: its deadline, its ``Reply``, its line in the call log."""
+
+    def __init__(
+        self,
+        connection: Connection,
+        path: str,
+        *,
+        model: str,
+        prompt: Any,
+        format: Format = None,
+        timeout: Timeout | float | None = None,
+    ) -> None:
+        self.connection, self.path, self.model = connection, path, model
+        self.prompt, self.format = prompt, format
+        self.deadline = connection.deadline(timeout)
+        self.start = time.perf_counter()
+        self.first_token: float | None = None  # seconds to the first streamed piece
+        self.reply_chars: int | None = None  # characters received so far (streams)
+
+    def elapsed(self) -> float:
+        """Seconds since the call began."""
+        return time.perf_counter() - self.start
+
+    def received(self, piece: str) -> None:
+        """Note a streamed piece: when the first one came, and how much text has arrived."""
+        if self.first_token is None:
+            self.first_token = self.elapsed()
+        self.reply_chars = (self.reply_chars or 0) + len(piece)
+
+    @contextmanager
+    def failures_logged(self) -> Iterator[None]:
+        """Log a labkit error raised inside the block as this call's end, and let it go on."""
+        try:
+            yield
+        except LabkitError as exc:
+            self.log(error=exc)
+            raise
+
+    def reply(self, parsed: Parsed, raw: dict[str, Any], text: str | None = None) -> Reply:
+        """The call's ``Reply``, checked against the format asked for and logged."""
+        reply = Reply(
+            text=parsed.text if text is None else text,
+            model=parsed.model or self.model,
+            dialect=self.connection.dialect.name,
+            raw=raw,
+            latency=self.elapsed(),
+            first_token=self.first_token,
+            prompt_tokens=parsed.prompt_tokens,
+            completion_tokens=parsed.completion_tokens,
+            timings=parsed.timings,
+            finish_reason=parsed.finish_reason,
+            attempts=self.deadline.attempts,
+            schema=self.format if isinstance(self.format, Mapping) else None,
+        )
+        if self.format is not None:
+            try:
+                if isinstance(self.format, Mapping):
+                    validate(reply, self.format)
+                else:
+                    parse_json(reply.text)
+                reply.validation = "ok"
+            except InvalidModelOutput as exc:
+                reply.validation = str(exc)  # the caller decides: reply.json() raises it
+                if reply.finish_reason == "length" and "max_tokens" not in reply.validation:
+                    reply.validation += " The reply was cut off at max_tokens: raise it."
+        failed = reply.validation not in (None, "ok")
+        self.reply_chars = len(reply.text)
+        self.log(
+            latency=reply.latency,
+            prompt_tokens=reply.prompt_tokens,
+            completion_tokens=reply.completion_tokens,
+            validation=None if reply.validation is None else ("failed" if failed else "ok"),
+            validation_error=reply.validation if failed else None,
+            # A reply that failed validation is kept whole: it is the case to study and fix.
+            reply=reply.text if failed else None,
+        )
+        return reply
+
+    def log(self, **fields: Any) -> None:
+        """The call's record in the connection's call log, if it has one."""
+        connection = self.connection
+        if connection.log is None:
+            return
+        fields.setdefault("latency", self.elapsed())
+        connection.log.record(
+            endpoint=self.path,
+            dialect=connection.dialect.name,
+            model=self.model,
+            model_version=connection.model_version(self.model),
+            # The messages as JSON: the same conversation always hashes the same.
+            prompt=json.dumps(self.prompt, ensure_ascii=False, sort_keys=True),
+            attempts=self.deadline.attempts,
+            first_token=self.first_token,
+            reply_chars=self.reply_chars,
+            **fields,
+        )

@@ -16,7 +16,8 @@ from urllib.parse import urlsplit
 
 from labkit import runtime
 from labkit.errors import InvalidInput, RuntimeUnavailable
-from labkit.health import identify
+from labkit.probe import KNOWN_RUNTIMES, OLLAMA, PROBE_TIMEOUT, identify
+from labkit.transport import base_url
 
 __all__ = [
     "KNOWN_RUNTIMES",
@@ -30,15 +31,6 @@ __all__ = [
     "running_runtimes",
     "use_ollama_dialect",
 ]
-
-PROBE_TIMEOUT = 1.0  # seconds; a local server that is up answers in milliseconds
-
-# (name, default port, native dialect) in the order they are tried.
-KNOWN_RUNTIMES = (
-    ("Ollama", 11434, "ollama"),
-    ("LM Studio", 1234, "openai"),
-    ("llama.cpp server", 8080, "openai"),
-)
 
 _EMBEDDING_HINTS = ("embed", "minilm", "bge", "e5-", "gte", "nomic")
 
@@ -112,9 +104,9 @@ def ollama_host_url(value: str) -> str:
     text = value.strip()
     scheme, sep, rest = text.partition("://")
     if not sep:
-        scheme, rest, port = "http", text, 11434
+        scheme, rest, port = "http", text, OLLAMA.port
     else:
-        port = {"http": 80, "https": 443}.get(scheme.lower(), 11434)
+        port = {"http": 80, "https": 443}.get(scheme.lower(), OLLAMA.port)
     try:
         parts = urlsplit(f"{scheme}://{rest}")
         port = parts.port or port
@@ -139,7 +131,7 @@ def ollama_host_url(value: str) -> str:
 
 def embed_url_from_env() -> str:
     """``$LABKIT_EMBED_URL`` without a trailing slash or ``/v1``, or "" when it is not set."""
-    return os.environ.get("LABKIT_EMBED_URL", "").strip().rstrip("/").removesuffix("/v1")
+    return base_url(os.environ.get("LABKIT_EMBED_URL", "").strip())
 
 
 def embeddings_help(rt: Runtime) -> str:
@@ -186,8 +178,7 @@ def find_runtime(*, start: bool = False) -> Runtime:
     embedded = runtime.read_record()
     for variable in ("LABKIT_BASE_URL", "OLLAMA_HOST"):
         if value := os.environ.get(variable):
-            url = value.rstrip("/") if variable == "LABKIT_BASE_URL" else ollama_host_url(value)
-            url = url.removesuffix("/v1")
+            url = base_url(value if variable == "LABKIT_BASE_URL" else ollama_host_url(value))
             found = probe(url)
             if found is None:
                 raise RuntimeUnavailable(

@@ -8,19 +8,16 @@ forever is cut off at the deadline.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator
+from typing import Any
 
 import requests
 
+from labkit.connection import Call, Connection
 from labkit.dialects import Format
-from labkit.errors import BrokenStream, LabkitError
+from labkit.errors import BrokenStream
 from labkit.reply import Reply, Timeout
 from labkit.transport import Deadline, read_lines, transport_error
-
-if TYPE_CHECKING:  # only for the type hints: client.py imports this module
-    from labkit.client import Client
 
 __all__ = ["Stream"]
 
@@ -30,7 +27,7 @@ class Stream:
 
     def __init__(
         self,
-        client: Client,
+        connection: Connection,
         path: str,
         body: dict[str, Any],
         *,
@@ -39,10 +36,10 @@ class Stream:
         format: Format,
         timeout: Timeout | float | None,
     ) -> None:
-        self.client, self.path, self.body, self.model = client, path, body, model
+        self.connection, self.path, self.body, self.model = connection, path, body, model
         self.prompt, self.format, self.timeout = prompt, format, timeout
         self.pieces: list[str] = []
-        self.first_token: float | None = None
+        self._call: Call | None = None
         self._reply: Reply | None = None
         self._run: Iterator[str] | None = None
         self._ended = False  # the runtime sent its closing message
@@ -70,6 +67,11 @@ class Stream:
         return "".join(self.pieces)
 
     @property
+    def first_token(self) -> float | None:
+        """Seconds from sending the request to the first piece (None before it arrives)."""
+        return None if self._call is None else self._call.first_token
+
+    @property
     def reply(self) -> Reply:
         """The whole answer with its metadata (reads the rest of the stream if needed)."""
         if self._reply is None:
@@ -91,9 +93,16 @@ class Stream:
             self._run.close()
 
     def _pieces(self) -> Iterator[str]:
-        client, dialect = self.client, self.client.dialect
-        deadline = client.deadline(self.timeout)
-        start = time.perf_counter()
+        connection = self.connection
+        call = self._call = Call(
+            connection,
+            self.path,
+            model=self.model,
+            prompt=self.prompt,
+            format=self.format,
+            timeout=self.timeout,
+        )
+        deadline = call.deadline
         meta: dict[str, Any] = {}
         response: requests.Response | None = None
 
@@ -101,9 +110,9 @@ class Stream:
             # Everything up to the first piece of text may be retried, so it is one step.
             meta.clear()
             self._ended = False
-            response = client.send("POST", self.path, self.body, deadline, model=self.model)
-            where = client.url + self.path
-            lines = read_lines(response, where, client.max_response_bytes, deadline)
+            response = connection.send("POST", self.path, self.body, deadline, model=self.model)
+            where = connection.url + self.path
+            lines = read_lines(response, where, connection.max_response_bytes, deadline)
             try:
                 return response, lines, self._next_piece(lines, meta, deadline)
             except BaseException:
@@ -111,52 +120,22 @@ class Stream:
                 raise
 
         try:
-            try:
-                response, lines, piece = client.retrying(first_piece, deadline)
-            except LabkitError as exc:
-                client.log_call(
-                    self.path, self.model, self.prompt, time.perf_counter() - start,
-                    deadline.attempts, error=exc,
-                )  # fmt: skip
-                raise
-            while piece:
-                if self.first_token is None:
-                    self.first_token = time.perf_counter() - start
-                self.pieces.append(piece)
-                yield piece
-                piece = self._next_piece(lines, meta, deadline)
-        except LabkitError as exc:
-            if self.pieces:  # failures before the first piece were logged above
-                client.log_call(
-                    self.path, self.model, self.prompt, time.perf_counter() - start,
-                    deadline.attempts, error=exc, first_token=self.first_token,
-                    reply_chars=len(self.text),
-                )  # fmt: skip
-            raise
+            with call.failures_logged():
+                response, lines, piece = connection.retrying(first_piece, deadline)
+                while piece:
+                    call.received(piece)
+                    self.pieces.append(piece)
+                    yield piece
+                    piece = self._next_piece(lines, meta, deadline)
         finally:
             if response is not None:
                 response.close()
-        parsed = dialect.parse(meta)
-        reply = Reply(
-            text=self.text,
-            model=parsed.model or self.model,
-            dialect=dialect.name,
-            raw=dict(meta),
-            latency=time.perf_counter() - start,
-            first_token=self.first_token,
-            prompt_tokens=parsed.prompt_tokens,
-            completion_tokens=parsed.completion_tokens,
-            timings=parsed.timings,
-            finish_reason=parsed.finish_reason,
-            attempts=deadline.attempts,
-            schema=self.format if isinstance(self.format, Mapping) else None,
-        )
-        self._reply = client.finish(reply, self.path, self.model, self.prompt, self.format)
+        self._reply = call.reply(connection.dialect.parse(meta), dict(meta), self.text)
 
     def _next_piece(self, lines: Iterator[bytes], meta: dict[str, Any], deadline: Deadline) -> str:
         """Read lines until one carries text; "" at the proper end of the stream."""
-        client, dialect = self.client, self.client.dialect
-        where = client.url + self.path
+        connection, dialect = self.connection, self.connection.dialect
+        where = connection.url + self.path
         while not self._ended:
             try:
                 line = next(lines)
@@ -174,7 +153,12 @@ class Stream:
                 deadline.check(where)  # a read cut short by the deadline says so
                 started = len(self.pieces) or None  # before any text, it may be retried
                 raise transport_error(
-                    exc, client.url, self.path, deadline.limits, started, client.runtime_name
+                    exc,
+                    connection.url,
+                    self.path,
+                    deadline.limits,
+                    started,
+                    connection.runtime_name,
                 ) from exc
             try:
                 piece, done = dialect.stream_line(line, meta)

@@ -38,6 +38,7 @@ __all__ = [
     "MAX_RESPONSE_BYTES",
     "Deadline",
     "auth_headers",
+    "base_url",
     "error_text",
     "http_error",
     "parse_retry_after",
@@ -52,6 +53,11 @@ __all__ = [
 MAX_RESPONSE_BYTES = 32 * 1024 * 1024
 CHUNK = 8192  # bytes per read: each read returns what has arrived, up to this much
 Clock = Callable[[], float]
+
+
+def base_url(url: str) -> str:
+    """A runtime's own address from any URL of it: no trailing slash, no OpenAI ``/v1``."""
+    return url.rstrip("/").removesuffix("/v1")
 
 
 def auth_headers(api_key: str | None = None) -> dict[str, str]:

@@ -52,6 +52,15 @@ def test_validate_text() -> None:
         validate('{"name": "Ada", "age": "three"}', PERSON)
 
 
+def test_a_mistyped_keyword_names_the_one_meant() -> None:
+    c = Client("http://127.0.0.1:1", dialect="ollama", model="m")  # nothing is sent
+    for verb in (c.chat, c.generate, c.stream):
+        with pytest.raises(
+            InvalidInput, match=r"unknown keyword 'max_token'\. Did you mean 'max_tokens'"
+        ):
+            verb("hi", max_token=5)  # type: ignore[call-arg]
+
+
 def test_client_without_a_url_starts_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     asked: list[bool] = []
 

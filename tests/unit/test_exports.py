@@ -90,10 +90,12 @@ EXPORTS: dict[str, set[str]] = {
         "summarize",
     },
     "labkit.client": {
+        "Ask",
         "Client",
         "PRESETS",
     },
     "labkit.connection": {
+        "Call",
         "Connection",
     },
     "labkit.conversation": {
@@ -192,6 +194,20 @@ EXPORTS: dict[str, set[str]] = {
         "throughput_vs_concurrency",
         "timeline",
     },
+    "labkit.probe": {
+        "Check",
+        "DIALECTS",
+        "HealthReport",
+        "KNOWN_RUNTIMES",
+        "KnownRuntime",
+        "LLAMA_CPP",
+        "LM_STUDIO",
+        "OLLAMA",
+        "PROBE_TIMEOUT",
+        "Status",
+        "check_health",
+        "identify",
+    },
     "labkit.reply": {
         "DEFAULT_TOTAL",
         "Health",
@@ -250,6 +266,7 @@ EXPORTS: dict[str, set[str]] = {
         "Deadline",
         "MAX_RESPONSE_BYTES",
         "auth_headers",
+        "base_url",
         "error_text",
         "http_error",
         "parse_retry_after",

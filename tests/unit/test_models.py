@@ -41,12 +41,12 @@ def test_names_that_do_not_match(wanted: str, names: list[str]) -> None:
     assert match_model(wanted, names) is None
 
 
-def test_client_health_and_runtime_share_the_rule() -> None:
+def test_the_connection_probes_and_runtime_share_the_rule() -> None:
     """The other modules call match_model; none keeps a matcher of its own."""
     import inspect
 
-    from labkit import client, health
+    from labkit import connection, probe
     from labkit.runtime import catalog
 
-    for module in (client, health, catalog):
+    for module in (connection, probe, catalog):
         assert "match_model(" in inspect.getsource(module), module.__name__
