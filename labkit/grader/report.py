@@ -13,6 +13,8 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -21,8 +23,10 @@ from labkit.grader.assign import Exercise, write_atomic
 from labkit.grader.exercise import _json_bytes
 
 __all__ = [
+    "JOURNAL",
     "MAX_NOTES",
     "NOTE_CHARS",
+    "STATE",
     "csv_cell",
     "feedback",
     "file_stem",
@@ -30,6 +34,7 @@ __all__ = [
     "instructor_notes",
     "markdown_text",
     "pass_rates",
+    "previous_results",
     "tidy_result",
 ]
 
@@ -41,6 +46,12 @@ MAX_NOTES = 8  # notes kept per learner; the rest are counted, not shown
 
 
 MESSAGE_CHARS = 600  # characters kept of a test's message or hint
+
+
+STATE = "state.json"  # every kept result, rewritten whole at the start and end of a run
+
+
+JOURNAL = "state-journal.jsonl"  # results graded since, one line each
 
 
 DETAIL_CHARS = 4000  # characters kept of a hidden test's detail, for the instructor
@@ -186,8 +197,10 @@ def _write_book(
     results: list[dict[str, Any]],
     key_hash: str,
     pending: list[str] | None = None,
+    *,
+    state: bool = True,
 ) -> None:
-    """The gradebook and the state a later run reuses, each replaced in one step.
+    """The gradebook (and with ``state`` the state a later run reuses), each replaced whole.
 
     ``pending`` names learners still being graded: they get a row that says so, and no
     state, so a run that is stopped here grades them next time.
@@ -210,12 +223,47 @@ def _write_book(
         row = [learner, *cells[:-2], f"{exercise.possible:g}", *cells[-2:]]
         writer.writerow([csv_cell(cell) for cell in row])
     write_atomic(out / "gradebook.csv", table.getvalue().encode("utf-8"))
-    kept = {
-        r["learner"]: {k: v for k, v in r.items() if k != "executed"}
-        for r in results
-        if "not-graded" not in r["status"]
-    }
-    write_atomic(out / "state.json", _json_bytes({"key": key_hash, "results": kept}))
+    if not state:
+        return
+    kept = {r["learner"]: _kept(r) for r in results if "not-graded" not in r["status"]}
+    write_atomic(out / STATE, _json_bytes({"key": key_hash, "results": kept}))
+    (out / JOURNAL).unlink(missing_ok=True)  # all it held is in the state now
+
+
+def _kept(result: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in result.items() if k != "executed"}
+
+
+def _journal(out: Path, key_hash: str, result: dict[str, Any]) -> None:
+    """Add one result to the state, appended: rewriting a class's state per row costs seconds."""
+    line = json.dumps({"key": key_hash, "result": _kept(result)}, separators=(",", ":"))
+    with (out / JOURNAL).open("a", encoding="utf-8") as handle:
+        handle.write(line + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())  # a run killed from here on still has this row
+
+
+def previous_results(out: Path, key_hash: str) -> dict[str, dict[str, Any]]:
+    """The results a run in ``out`` kept for this key: its state, then its journal."""
+    try:
+        state = json.loads((out / STATE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        state = {}
+    results: dict[str, dict[str, Any]] = {}
+    if isinstance(state, dict) and state.get("key") == key_hash:
+        results.update(state.get("results") or {})
+    try:
+        lines = (out / JOURNAL).read_text(encoding="utf-8").splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:  # the last line of a run killed while writing it
+            continue
+        if isinstance(entry, dict) and entry.get("key") == key_hash:
+            results[entry["result"]["learner"]] = entry["result"]
+    return results
 
 
 def _write_rates(out: Path, exercise: Exercise, results: list[dict[str, Any]]) -> None:

@@ -30,10 +30,12 @@ from labkit.grader.exercise import _json_bytes
 from labkit.grader.kernels import PRELOAD, _alive
 from labkit.grader.notebook import _empty_result, _grade_in_worker, _init_worker
 from labkit.grader.report import (
+    _journal,
     _write_book,
     _write_rates,
     _write_row_files,
     hidden_code,
+    previous_results,
     tidy_result,
 )
 from labkit.grader.sandbox import _needed_paths, _preflight, _private_paths, _reachability_covers
@@ -233,8 +235,7 @@ def grade(
     if sandbox:
         os.chmod(out, 0o700)  # the gradebook is for the instructor only
     key_hash = hashlib.sha256(_json_bytes(exercise.to_key())).hexdigest()
-    state = _load_state(out / "state.json")
-    previous = state.get("results", {}) if state.get("key") == key_hash else {}
+    previous = previous_results(out, key_hash)
     todo = to_grade(found, previous, regrade=regrade)
     book = _Book(out, exercise, key_hash, [s.learner for s in todo])
     for sub in found:
@@ -257,7 +258,8 @@ def grade(
             status.add("untouched")
         result["status"] = sorted(status)
         book.add(tidy_result(result, secrets))
-        book.write()
+        _journal(out, key_hash, result)
+        book.write(state=False)
 
     uids: list[int] = []
     seconds = 0.0
@@ -316,9 +318,10 @@ class _Book:
             self.pending.remove(result["learner"])
         _write_row_files(self.out, self.exercise, result)
 
-    def write(self) -> None:
-        """Replace the gradebook and the state with every row known now."""
-        _write_book(self.out, self.exercise, self.results(), self.key_hash, self.pending)
+    def write(self, *, state: bool = True) -> None:
+        """Replace the gradebook (and the state) with every row known now."""
+        rows = self.results()
+        _write_book(self.out, self.exercise, rows, self.key_hash, self.pending, state=state)
 
     def results(self) -> list[dict[str, Any]]:
         """The rows known, in name order."""
@@ -734,11 +737,3 @@ def _progress(total: int, name: str, show: bool) -> Any:
     from tqdm import tqdm
 
     return tqdm(total=total, desc=f"grading {name}", unit="notebook")
-
-
-def _load_state(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}

@@ -24,7 +24,7 @@ import nbformat
 import pytest
 
 from labkit import discovery
-from labkit.grader import assign
+from labkit.grader import assign, report
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "grading"
 TOY = DATA / "masters" / "toy.ipynb"
@@ -143,8 +143,9 @@ def _rows(out: Path) -> dict[str, dict[str, str]]:
 
 
 def _state(out: Path) -> dict[str, Any]:
-    results: dict[str, Any] = json.loads((out / "state.json").read_text())["results"]
-    return results
+    """The results a next run would reuse: the state and the rows added to it since."""
+    key = json.loads((out / report.STATE).read_text())["key"]
+    return report.previous_results(out, key)
 
 
 def _untouched_and_others_are_graded(rows: dict[str, dict[str, str]]) -> None:

@@ -148,18 +148,28 @@ def test_rows_are_kept_as_they_come_and_a_stopped_run_grades_only_the_rest(
     exercise = _exercise()
     subs = [Submission(n, tmp_path / f"{n}.ipynb", sha256=n) for n in ("ann", "ben", "cal")]
     book = run._Book(tmp_path, exercise, "key", ["ann", "ben", "cal"])
-    book.add(report.tidy_result(_result("ben", 1.0, sha256="ben"), frozenset()))
     book.add(_result("zed", status=["not-graded", "not-a-notebook"]))
-    book.write()  # the run is killed here: ann and cal were never finished
+    book.write()
+    result = report.tidy_result(_result("ben", 1.0, sha256="ben"), frozenset())
+    book.add(result)  # as a run adds each result: its files, its line, the gradebook
+    report._journal(tmp_path, "key", result)
+    book.write(state=False)  # the run is killed here: ann and cal were never finished
     rows = {r["learner"]: r for r in csv.DictReader((tmp_path / "gradebook.csv").open())}
     assert list(rows) == ["ann", "ben", "cal", "zed"]
     assert (rows["ann"]["status"], rows["ben"]["total"]) == ("pending", "1")
     assert (tmp_path / "feedback" / "ben.md").exists()
     assert not (tmp_path / "feedback" / "ann.md").exists()
-    state = json.loads((tmp_path / "state.json").read_text())
-    assert list(state["results"]) == ["ben"]  # no pending row, no skipped entry is reused
-    again = run.to_grade(subs, state["results"])
+    with (tmp_path / report.JOURNAL).open("a") as journal:
+        journal.write('{"key": "key", "result": {"learner": "cal", "sha')  # cut off by the kill
+    kept = report.previous_results(tmp_path, "key")
+    assert list(kept) == ["ben"]  # no pending row, no skipped entry, no half line is reused
+    assert report.previous_results(tmp_path, "another key") == {}
+    again = run.to_grade(subs, kept)
     assert [s.learner for s in again] == ["ann", "cal"]
+    # The next run writes the whole state again, the journal folded in.
+    report._write_book(tmp_path, exercise, list(kept.values()), "key")
+    assert not (tmp_path / report.JOURNAL).exists()
+    assert list(json.loads((tmp_path / report.STATE).read_text())["results"]) == ["ben"]
 
 
 def test_a_grader_error_is_graded_again_without_regrade() -> None:
