@@ -1,6 +1,6 @@
 """Grading: learners' check() and the instructor's sandboxed, parallel grader.
 
-One class of toy submissions (tests/data/grading/submissions) is graded once for the whole
+One class of toy submissions (tests/data/grading/submissions/toy) is graded once for the whole
 module; each test then checks one promise against that run: partial credit, a status for
 every kind of bad notebook, feedback that never shows hidden tests, isolation, nothing left
 running, submissions untouched, and re-runs that grade only what changed.
@@ -31,7 +31,7 @@ from labkit.grader import assign, grading
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "grading"
 TOY = DATA / "masters" / "toy.ipynb"
-SUBMISSIONS = DATA / "submissions"
+SUBMISSIONS = DATA / "submissions" / "toy"
 PROJECT = Path(__file__).resolve().parents[2]
 TIMEOUT = "3"  # seconds per cell: the hanging notebooks cost this much each
 
