@@ -12,6 +12,8 @@ the runtime) and gives the same result a repeat would have given:
 
 Every kernel is a stranger to the others, so none can turn the cache against them:
 
+- a request with a foreign ``Host`` or ``Origin`` gets the runtime's 403 from the cache,
+  for itself alone;
 - a request is rebuilt from its parsed body: none of the kernel's headers reaches the
   runtime (only ``Content-Type: application/json`` and, if the grader has
   ``$LABKIT_API_KEY``, its ``Authorization``), so one learner's request is exactly what any
@@ -183,8 +185,10 @@ class ReplyCache:
             return web.Response(status=502, text=text, content_type="application/json")
 
     async def _answer(self, request: Any) -> Any:
-        body = await request.read()
         method, path, target = request.method, request.path, request.path_qs
+        if refused := _foreign(request.headers, path):
+            return refused
+        body = await request.read()
         data = _parse(body) if body else None
         if data is None:  # nothing to rebuild: no body, or not JSON (the runtime says so)
             return _response(await self._upstream(method, target, body or None))
@@ -419,6 +423,25 @@ class _Turns:
             self.order.rotate(-1)  # its next request waits for the others' turns
             self._forget(kernel)
             passed = 0
+
+
+def _foreign(headers: Any, path: str) -> Any:
+    """The runtime's 403 for a foreign Host or Origin, given here; None for other requests.
+
+    Headers never reach the runtime, so the cache refuses what it would have refused: a
+    kernel gets the answer it would get without the cache, and a web page open on the
+    grading machine cannot use the cache's port to get round the runtime's guard.
+    """
+    from labkit.runtime.common import error, openai_error
+    from labkit.runtime.guard import allowed_host, allowed_origin
+
+    refuse = openai_error if path.startswith("/v1/") else error
+    if not allowed_host(headers.get("Host", "")):
+        return refuse(403, "this runtime answers only on localhost (Host refused)")
+    origin = headers.get("Origin")
+    if origin is not None and not allowed_origin(origin):
+        return refuse(403, f"origin {origin!r} is not allowed")
+    return None
 
 
 def _parse(body: bytes) -> Any:

@@ -1,8 +1,9 @@
 """The grader's reply cache: repeats come from memory, with the answer the runtime gives.
 
 Checked against the real runtime: embeddings text by text (whatever the batching), seeded
-temperature-0 requests byte for byte, everything else passed through, and a class graded
-with and without the cache gets the same gradebook.
+temperature-0 requests byte for byte, everything else passed through, no kernel's headers
+or junk options turned against the others, and a class graded with and without the cache
+gets the same gradebook.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import csv
 import os
 import shutil
 import sys
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -102,6 +104,64 @@ def test_only_seeded_temperature_zero_replies_are_cached(
     missing = {**body, "model": "no-such-model"}
     assert requests.post(url + "/api/chat", json=missing, timeout=60).status_code == 404
     assert requests.post(url + "/api/tags", timeout=60).status_code in (200, 405)
+
+
+def test_no_kernel_can_spoil_a_reply_for_the_others(
+    rt: discovery.Runtime, cache: tuple[ReplyCache, str]
+) -> None:
+    replies, url = cache
+    fixed = {"temperature": 0, "seed": 7, "num_predict": 6}
+    messages = [{"role": "user", "content": "Name one planet."}]
+    body = {"model": rt.chat_model, "messages": messages, "stream": False, "options": fixed}
+    evil = {"Origin": "http://evil.example"}
+    # The runtime refuses a foreign page; the cache answers such a request the same way.
+    assert (
+        requests.post(rt.url + "/api/chat", json=body, headers=evil, timeout=60).status_code == 403
+    )
+    assert requests.post(url + "/api/chat", json=body, headers=evil, timeout=60).status_code == 403
+    stop = threading.Event()
+
+    def spoil() -> int:
+        sent = 0
+        with requests.Session() as session:
+            while not stop.is_set():
+                session.post(url + "/api/chat", json=body, headers=evil, timeout=60)
+                sent += 1
+        return sent
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        spoilers = [pool.submit(spoil) for _ in range(4)]
+        try:
+            honest = [requests.post(url + "/api/chat", json=body, timeout=120) for _ in range(5)]
+        finally:
+            stop.set()
+        assert all(s.result() > 0 for s in spoilers)
+    assert [r.status_code for r in honest] == [200] * 5
+    assert len({r.content for r in honest}) == 1 and replies.misses == 1
+    # Headers the runtime would accept are not passed on either: same request, same reply.
+    other = {"Authorization": "Bearer junk", "Cookie": "a=b", "Origin": "http://localhost:1"}
+    again = requests.post(url + "/api/chat", json=body, headers=other, timeout=120)
+    assert again.content == honest[0].content and replies.misses == 1
+
+
+def test_junk_options_on_embed_are_passed_on_but_never_stored(
+    rt: discovery.Runtime, cache: tuple[ReplyCache, str]
+) -> None:
+    replies, url = cache
+    texts = [f"Rule {n}: expenses are filed within {n + 2} days." for n in range(64)]
+    plain = {"model": rt.embed_model, "input": texts}
+    first = requests.post(url + "/api/embed", json=plain, timeout=120).json()["embeddings"]
+    stored = replies.stored_bytes
+    for n in range(3):
+        junk = {**plain, "junk": f"{n}" * 2**20, "options": {"junk": f"{n}" * 2**20}}
+        reply = requests.post(url + "/api/embed", json=junk, timeout=120)
+        assert reply.status_code == 200
+        assert all(_close(a, b) for a, b in zip(reply.json()["embeddings"], first, strict=True))
+    assert replies.stored_bytes == stored and len(replies.store) == len(texts)
+    # Small options are kept, and cost what the plain request's vectors cost.
+    small = {**plain, "options": {"junk": "x" * 1000}}
+    assert requests.post(url + "/api/embed", json=small, timeout=120).status_code == 200
+    assert replies.stored_bytes == 2 * stored
 
 
 def test_a_class_gets_the_same_grades_with_and_without_the_cache(

@@ -23,10 +23,11 @@ from labkit.grader.cache import MAX_CACHED_BODY, MAX_OPTIONS_BYTES, ReplyCache
 from labkit.grader.network import kernel_address
 
 DIM = 16  # the fake runtime's vector length
+# Headers a kernel may send that the runtime would accept: none of them is passed on.
 HOSTILE = {
-    "Origin": "http://evil.example",
+    "Origin": "http://localhost:8888",
     "Referer": "http://evil.example/page",
-    "Host": "evil.example",
+    "Host": "localhost:1",
     "Authorization": "Bearer not-the-key",
     "Cookie": "session=evil",
     "X-Forwarded-For": "203.0.113.66",
@@ -211,6 +212,28 @@ def test_no_header_of_a_kernel_reaches_the_runtime(
         assert seen.headers["Host"] == upstream.url.removeprefix("http://")
         assert "evil" not in seen.headers.get("User-Agent", "")
     assert post.headers["Content-Type"] == "application/json"
+
+
+def test_a_foreign_origin_or_host_gets_the_runtimes_403_for_itself_alone(
+    upstream: Upstream, start: Callable[..., tuple[ReplyCache, str]]
+) -> None:
+    replies, address = start()
+    upstream.hold.set()
+    body = chat("Name one colour.")
+    with ThreadPoolExecutor(1) as pool:
+        honest = pool.submit(send, address, "POST", "/api/chat", body)
+        upstream.wait_for(lambda: len(upstream.seen) == 1)
+        # The same request, from a web page or by a rebound name, while the first is fetched.
+        for foreign in ({"Origin": "http://evil.example"}, {"Host": "evil.example"}):
+            status, answer = send(address, "POST", "/api/chat", body, foreign)
+            assert status == 403 and "error" in json.loads(answer)
+            status, answer = send(address, "POST", "/v1/chat/completions", body, foreign)
+            assert status == 403 and "message" in json.loads(answer)["error"]  # OpenAI's shape
+        upstream.hold.clear()
+        upstream.released.set()
+        assert honest.result()[0] == 200
+    assert len(upstream.seen) == 1 and replies.waits == 0
+    assert send(address, "POST", "/api/chat", body)[0] == 200  # and it was kept for others
 
 
 def test_the_graders_key_is_the_only_authorization(
