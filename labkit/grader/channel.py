@@ -91,6 +91,7 @@ class Tester:
         self.km = km
         self.kc = kc
         self.kernel_lost = False  # the kernel died or could not be interrupted
+        self.kernel_died = False  # it died (a crash or an exit in the learner's code)
 
     @classmethod
     async def start(
@@ -157,6 +158,9 @@ class Tester:
                 result = _trusted(base, data, failure, secrets)
                 if result["status"] == "timeout":
                     result["message"] = f"The test took longer than {timeout:g} s and was stopped."
+                elif self.kernel_died and result["status"] != "passed":
+                    result = {**result, "status": "error"}
+                    result["message"] = "The kernel stopped during this test."
                 return ("stuck" if self.kernel_lost else "ok"), result
         except (asyncio.TimeoutError, ConnectionError, ValueError, OSError) as exc:
             await self.close()
@@ -195,7 +199,7 @@ class Tester:
                 self.kernel_lost = not await _recover(self.km, self.kc)
                 return {"op": "reply", "timeout": True}
         except DeadKernelError:
-            self.kernel_lost = True
+            self.kernel_lost = self.kernel_died = True
             return {"op": "reply", "error": "the notebook's kernel stopped during this call"}
         finally:
             await _drain(self.kc)
