@@ -2,8 +2,10 @@
 
 Each module is one idea; open it to read what a helper does. The README's "Read the code"
 table says which lesson opens which file: client.py (talking to a runtime) with dialects.py,
-reply.py, stream.py, connection.py and transport.py; errors, discovery, structured output,
-conversation, retry, degrade, call log, health, bench and plots. The course widgets live in
+reply.py, stream.py, connection.py and transport.py; errors, probe, discovery, structured
+output, conversation, retry, degrade, call log, health, bench and plots. The client stack
+imports one way, in reading order: errors, reply and the other data → transport and
+dialects → probe → discovery → connection → stream → client → health. The course widgets live in
 ``labkit.course``, the runtime in ``labkit.runtime``; importing labkit loads no widgets,
 no web server and no grader.
 """

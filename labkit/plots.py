@@ -12,12 +12,9 @@ milliseconds.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
-import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.axes import Axes
-from matplotlib.colors import to_rgba
-from matplotlib.ticker import MaxNLocator
 
 from labkit.bench import (
     METRICS,
@@ -29,12 +26,17 @@ from labkit.bench import (
 )
 from labkit.errors import InvalidInput
 
+if TYPE_CHECKING:  # matplotlib loads when the first plot is drawn: it takes a second
+    from matplotlib.axes import Axes
+
 _UNITS = {"first_token": "ms", "total": "ms", "tokens_per_second": "tokens/s"}
 
 
 def _new_axes(ax: Axes | None) -> Axes:
     if ax is not None:
         return ax
+    import matplotlib.pyplot as plt
+
     _, new = plt.subplots(figsize=(7, 4), layout="constrained")
     return new
 
@@ -87,6 +89,10 @@ def timeline(traces: Mapping[str, Trace] | Sequence[Trace], ax: Axes | None = No
 
 def histogram(data: Traces, metric: str = "total", ax: Axes | None = None, bins: int = 20) -> Axes:
     """How one figure is spread over the calls, one outline per configuration."""
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import to_rgba
+    from matplotlib.ticker import MaxNLocator
+
     _check(data)
     ax = _new_axes(ax)
     per_config = {label: _figures(found, metric) for label, found in data.items()}

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-import matplotlib.pyplot as plt
-from matplotlib.axes import Axes
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # matplotlib loads when the diagram is drawn: it takes a second
+    from matplotlib.axes import Axes
 
 __all__ = ["pipeline_diagram"]
 
@@ -34,6 +36,8 @@ def _row(ax: Axes, boxes: list[tuple[float, str]], y: float, label: str) -> None
 def pipeline_diagram(ax: Axes | None = None) -> Axes:
     """Draw the two halves of RAG as rows of boxes; returns the Axes (no show())."""
     if ax is None:
+        import matplotlib.pyplot as plt
+
         _, ax = plt.subplots(figsize=(10, 2.7))
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)

@@ -17,11 +17,9 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.axes import Axes
 from tqdm.auto import tqdm
 
 from labkit.errors import RagError
@@ -31,6 +29,9 @@ from labkit.rag.embeddings import Embedder, EmbeddingCache
 from labkit.rag.gate import GATE_K, Gate, HybridGate, ScoreGate
 from labkit.rag.index import Hit, Index, build_index
 from labkit.rag.rerank import SentenceReranker
+
+if TYPE_CHECKING:  # matplotlib loads when a plot is drawn: it takes a second
+    from matplotlib.axes import Axes
 
 __all__ = [
     "ANSWERABLE",
@@ -376,6 +377,8 @@ def plot_sweep(
 ) -> Axes:
     """Draw ``metric`` against chunk size: a colour per k, a line style per overlap; no show()."""
     if ax is None:
+        import matplotlib.pyplot as plt
+
         _, ax = plt.subplots(figsize=(7, 4), layout="constrained")
     styles = ["-", "--", ":", "-."]
     overlaps = sorted({r["overlap"] for r in rows})

@@ -17,8 +17,8 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import faiss
 import numpy as np
 
 from labkit.errors import (
@@ -50,6 +50,9 @@ from labkit.rag.storage import (
 )
 from labkit.tokens import estimate_tokens
 
+if TYPE_CHECKING:  # at run time FAISS loads when an index is first built or read
+    import faiss
+
 __all__ = [
     "INDEX_FORMAT",
     "INDEX_VERSION",
@@ -77,6 +80,8 @@ def make_faiss_index(vectors: np.ndarray, kind: str = "flat") -> faiss.Index:
     HNSW (a graph) and IVF (clusters) look at a fraction of them: under a millisecond at
     that size, at the price of sometimes missing a true neighbour.
     """
+    import faiss  # here, not at the top: it takes a second to load, and chunking needs none
+
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     dim = vectors.shape[1]
     index: faiss.Index
@@ -283,6 +288,8 @@ class Index:
         names = {"index": f"index-{tag}.faiss", "chunks": f"chunks-{tag}.jsonl"}
         written = [path / name for name in names.values()]  # removed again if the save fails
         try:
+            import faiss
+
             faiss.write_index(self.faiss, str(written[0]))
             _step("index")
             with open(written[1], "w", encoding="utf-8") as out:
@@ -343,6 +350,8 @@ class Index:
             )
         for key, name in meta["files"].items():
             verify(path / name, meta["sha256"].get(key))
+        import faiss
+
         try:
             vectors = faiss.read_index(str(path / meta["files"]["index"]))
         except RuntimeError as exc:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import ast
 import importlib
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -276,8 +278,38 @@ EXPORTS: dict[str, set[str]] = {
         "tries",
     },
 }
-# Loaded only when used: a widget library, the runtime's web server, the grader, plotting.
-HEAVY = ("ipywidgets", "aiohttp", "labkit.grader", "labkit.course.widgets", "matplotlib")
+# Loaded only when used: widgets, a web server, the grader, plotting, FAISS, schema checks,
+# notebook machinery and other clients (each takes from a tenth of a second to several).
+HEAVY = (
+    "IPython",
+    "PIL",
+    "aiohttp",
+    "faiss",
+    "ipywidgets",
+    "jsonschema",
+    "jupyter_client",
+    "labkit.grader",
+    "matplotlib",
+    "nbclient",
+    "nbformat",
+    "ollama",
+    "openai",
+)
+# Every module a notebook imports, and what each may load beyond labkit's own light set.
+LEARNER_MODULES = {
+    "labkit": (),
+    **{
+        f"labkit.{path.stem}": ()
+        for path in sorted(PACKAGE.glob("*.py"))
+        if not path.stem.startswith("_") and path.stem != "cli"
+    },
+    **{f"labkit.rag.{path.stem}": () for path in sorted((PACKAGE / "rag").glob("[!_]*.py"))},
+    "labkit.rag": (),
+    "labkit.faults": (),
+    "labkit.faults.rules": (),
+    "labkit.faults.proxy": ("aiohttp",),  # the proxy is an aiohttp web server
+    "labkit.course": (),  # check() in a grading kernel; the widgets load on first use
+}
 
 
 @pytest.mark.parametrize("name", sorted(EXPORTS))
@@ -329,3 +361,66 @@ def test_importing_labkit_loads_nothing_heavy() -> None:
     # -X importtime reports every module on stderr: the same answer, from Python itself.
     timed = {line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines()}
     assert not [m for m in timed if m.startswith(HEAVY)]
+
+
+# Imports each module in a fork of one process that has imported labkit alone (every module
+# imports the package first), and prints what each import added to sys.modules.
+_LOADS = r"""
+import importlib, json, os, sys
+import labkit
+base = set(sys.modules)
+print(json.dumps(["labkit", sorted(base)]))
+for name in sys.argv[1:]:
+    sys.stdout.flush()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read)
+        code = 1
+        try:
+            importlib.import_module(name)
+            with os.fdopen(write, "w") as out:
+                json.dump(sorted(set(sys.modules) - base), out)
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write)
+    with os.fdopen(read) as got:
+        text = got.read()
+    os.waitpid(pid, 0)
+    print(json.dumps([name, json.loads(text) if text else None]))
+"""
+
+
+@pytest.fixture(scope="module")
+def loads() -> dict[str, list[str] | None]:
+    """Module -> the modules importing it loads (None: the import failed)."""
+    names = [name for name in LEARNER_MODULES if name != "labkit"]
+    out = subprocess.run(
+        [sys.executable, "-c", _LOADS, *names],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    return dict(json.loads(line) for line in out.stdout.splitlines())
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="imports each module in a forked process")
+@pytest.mark.parametrize("name", sorted(LEARNER_MODULES))
+def test_each_learner_module_loads_nothing_heavy(
+    name: str, loads: dict[str, list[str] | None]
+) -> None:
+    """FAISS loads when an index is built, matplotlib when a plot is drawn: not on import."""
+    loaded = loads[name]
+    assert loaded is not None, f"import {name} failed"
+    allowed = LEARNER_MODULES[name]
+    heavy = [m for m in loaded if m.startswith(HEAVY) and not m.startswith(allowed)]
+    assert heavy == [], f"import {name} loaded {sorted({m.split('.')[0] for m in heavy})}"
+    base = loads["labkit"] or []
+    assert name in loaded or name in base  # the check saw the module itself load
+
+
+def test_the_heavy_check_sees_a_heavy_import(loads: dict[str, list[str] | None]) -> None:
+    proxy = loads["labkit.faults.proxy"]
+    assert proxy is not None and "aiohttp" in proxy  # a module that needs one is caught
