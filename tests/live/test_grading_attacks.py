@@ -60,10 +60,11 @@ def graded(
     expect: dict[str, str] = {}
     # The box-* attacks (memory, disk, processes, time) are graded with tight limits by
     # test_grading_box.py; every other attack is graded here, at the default limits.
-    for notebook in sorted(p for p in ATTACKS.glob("*.ipynb") if not p.name.startswith("box-")):
-        shutil.copy(notebook, subs / notebook.name)
-        meta = json.loads(notebook.read_text(encoding="utf-8"))["metadata"]
-        expect[notebook.stem] = meta.get("labkit_expect", {}).get("learner", "cheat")
+    for entry in sorted(p for p in ATTACKS.iterdir() if not p.name.startswith("box-")):
+        shutil.copy(entry, subs / entry.name)  # a stray plain file (alice) comes too
+        if entry.suffix == ".ipynb":
+            meta = json.loads(entry.read_text(encoding="utf-8"))["metadata"]
+            expect[entry.stem] = meta.get("labkit_expect", {}).get("learner", "cheat")
     for name in HONEST:
         shutil.copy(PROJECT / "solutions" / "04-production.ipynb", subs / f"{name}.ipynb")
         expect[name] = "honest"
@@ -74,13 +75,20 @@ def graded(
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         code = main(args)
-    rows = {r["learner"]: r for r in csv.DictReader((out / "gradebook.csv").open())}
+    rows = {_unquoted(r["learner"]): r for r in csv.DictReader((out / "gradebook.csv").open())}
     yield {"code": code, "rows": rows, "expect": expect, "out": out, "printed": printed.getvalue()}
+
+
+def _unquoted(cell: str) -> str:
+    """A gradebook cell as typed: the quote that keeps a spreadsheet from running it, removed."""
+    return cell[1:] if cell[:1] == "'" and cell[1:2] in ("=", "+", "-", "@", "\t", "\r") else cell
 
 
 def test_the_run_completes_with_a_row_for_everyone(graded: dict[str, Any]) -> None:
     assert graded["code"] == 0, graded["printed"]
     assert set(graded["rows"]) >= set(graded["expect"]) | {"untouched"}
+    # The stray plain file beside alice.ipynb has a row of its own; alice keeps hers.
+    assert "alice (not-a-notebook)" in graded["rows"] and graded["expect"]["alice"] == "honest"
 
 
 def test_cheats_score_no_more_than_an_untouched_notebook(graded: dict[str, Any]) -> None:
