@@ -1,7 +1,17 @@
 """The sandbox: what a grading kernel may see, reach and use.
 
-A kernel starts as root in a fork, enters private namespaces, covers what it must not see
-with empty folders, sets its limits and only then becomes its grading user.
+A kernel starts as root in a fork, enters a box (private PID, IPC, mount and network
+namespaces, a cgroup capping the whole tree), covers what it must not see with empty
+folders, sets its limits and only then becomes its grading user.
+
+Why not bubblewrap (Debian's ``bwrap``), which does namespaces, covers and a pid 1 well:
+it can only start a box by executing a program. Kernels here are forks of a process that
+has imported IPython, ipykernel, numpy and labkit once (about 0.6-0.7 s of imports per
+fresh Python on this kind of machine, more than the whole per-notebook budget of 0.5 s),
+and a fork cannot be handed to bwrap. It would not cap memory or processes either (no
+cgroups), so that code would stay, and every grading machine would need one more package.
+The namespace code below is a few system calls through ctypes; the box's pid 1 and the
+cgroup are what was missing, and they are added here in the same way.
 """
 
 from __future__ import annotations
@@ -379,7 +389,7 @@ def _contains_needed(folder: Path) -> bool:
 
 
 def _limits(settings: Settings, tree_caps: bool) -> dict[str, int]:
-    """Per-process limits (``tree_caps``: a cgroup caps the whole tree besides).
+    """Per-process limits (``tree_caps``: a cgroup caps the whole tree's memory and tasks).
 
     The per-process memory limit stays either way: one allocation larger than the cap then
     fails at once with MemoryError, which a learner can read, instead of being killed.
@@ -388,7 +398,9 @@ def _limits(settings: Settings, tree_caps: bool) -> dict[str, int]:
     return {
         "AS": settings.memory_mb * 1024 * 1024,
         "FSIZE": settings.disk_mb * 1024 * 1024,
-        "NPROC": 512,
+        # A grading user has one box at a time, so without a cgroup this per-user cap is
+        # the box's; with one it is only a second line behind the cgroup's.
+        "NPROC": 512 if tree_caps else MAX_TASKS,
         "CORE": 0,
         "CPU": int(settings.timeout * cells_and_tests),
     }
