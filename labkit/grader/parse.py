@@ -139,8 +139,12 @@ def parse_master(path: Path) -> Generated:
         master=path.name,
         files=[str(f) for f in state.config.get("files", []) or []],
     )
-    learner_cells = _with_boilerplate(state.learner, state, exercise, learner=True)
-    solution_cells = _with_boilerplate(state.solution, state, exercise, learner=False)
+    extras = {
+        "raises": state.uses_not_implemented,
+        "check_all": state.config.get("check_all_cell", True),
+    }
+    learner_cells = _with_boilerplate(state.learner, exercise, learner=True, **extras)
+    solution_cells = _with_boilerplate(state.solution, exercise, learner=False, **extras)
     learner = _notebook_bytes(learner_cells, name, "learner")
     solution = _notebook_bytes(solution_cells, name, "solution")
     generated = Generated(exercise=exercise, files={}, warnings=state.warnings)
@@ -248,7 +252,12 @@ def _walk(cells: list[Any], st: _Parse) -> None:
             st.learner.append(_Cell(kind, text, cell_id, tags))
             continue
         if kind == "code":
-            learner = _learner_code(text, qname, st, where)
+            found = _learner_code(text, qname, where)
+            learner = found.text
+            st.uses_not_implemented |= found.raises
+            if found.placeholders:
+                asked = next(q for q in st.questions if q.name == qname)
+                asked.placeholders += [n for n in found.placeholders if n not in asked.placeholders]
             _refuse_leftover_markers(learner, where)  # first: a misspelt marker is the likely cause
             if block == "solution":
                 _refuse_unmarked_solution(text, where)

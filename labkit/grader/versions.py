@@ -7,14 +7,11 @@ import builtins
 import hashlib
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import nbformat
 
 from labkit.grader.exercise import KERNELSPEC, Exercise, MasterFormatError
-
-if TYPE_CHECKING:
-    from labkit.grader.parse import _Parse
 
 __all__: list[str] = []
 
@@ -66,7 +63,16 @@ def _not_written(question: str | None) -> str:
     return f'raise NotImplementedYet("{what} is not written yet: replace this line with your code")'
 
 
-def _learner_code(text: str, question: str | None, st: _Parse, where: str) -> str:
+@dataclass
+class _LearnerCode:
+    """A code cell as the learner gets it, and what the master's parse learns from it."""
+
+    text: str
+    placeholders: list[str]  # top-level names left as ``...`` for the learner to fill in
+    raises: bool  # a placeholder inside a function became ``raise NotImplementedYet``
+
+
+def _learner_code(text: str, question: str | None, where: str) -> _LearnerCode:
     """The learner's view of a code cell: solutions become placeholders."""
     out: list[str] = []
     holes: dict[int, str | None] = {}  # output line -> assigned name (None: a statement)
@@ -104,18 +110,20 @@ def _learner_code(text: str, question: str | None, st: _Parse, where: str) -> st
         out.append(line)
     if in_solution or in_prompt:
         raise MasterFormatError(f"{where}: a BEGIN SOLUTION/PROMPT block is never closed.")
-    return "\n".join(_friendly_holes(out, holes, question, st))
+    return _friendly_holes(out, holes, question)
 
 
 def _friendly_holes(
-    lines: list[str], holes: dict[int, str | None], question: str | None, st: _Parse
-) -> list[str]:
+    lines: list[str], holes: dict[int, str | None], question: str | None
+) -> _LearnerCode:
     """Placeholders inside a function raise a clear error; top-level ``x = ...`` stays put.
 
     A function whose body is ``...`` would quietly return None; raising NotImplementedYet
     tells the learner what is missing the moment the function is called.
     """
     result: list[str] = []
+    placeholders: list[str] = []
+    raises = False
     for index, line in enumerate(lines):
         if index not in holes:
             result.append(line)
@@ -123,17 +131,15 @@ def _friendly_holes(
         indent = line[: len(line) - len(line.lstrip())]
         if _inside_function(lines, index):
             raised = indent + _not_written(question)
-            st.uses_not_implemented = True
+            raises = True
             if not (result and result[-1] == raised):  # one raise per hole is enough
                 result.append(raised)
             continue
         name = holes[index]
-        if name and not indent and name.isidentifier() and question:
-            q = next(q for q in st.questions if q.name == question)
-            if name not in q.placeholders:
-                q.placeholders.append(name)
+        if name and not indent and name.isidentifier() and question and name not in placeholders:
+            placeholders.append(name)
         result.append(line)
-    return result
+    return _LearnerCode("\n".join(result), placeholders, raises)
 
 
 def _inside_function(lines: list[str], index: int) -> bool:
@@ -338,17 +344,15 @@ def _init_source(exercise: Exercise, learner: bool, raises: bool) -> str:
 
 
 def _with_boilerplate(
-    cells: list[_Cell], st: _Parse, exercise: Exercise, *, learner: bool
+    cells: list[_Cell], exercise: Exercise, *, learner: bool, raises: bool, check_all: bool
 ) -> list[_Cell]:
     """Add the setup cell (before the first code cell) and a check-everything cell."""
-    if not any(q.tests for q in exercise.questions) and not st.uses_not_implemented:
+    if not any(q.tests for q in exercise.questions) and not raises:
         return list(cells)
-    init = _Cell(
-        "code", _init_source(exercise, learner, st.uses_not_implemented), "labkit-setup", []
-    )
+    init = _Cell("code", _init_source(exercise, learner, raises), "labkit-setup", [])
     first_code = next((i for i, c in enumerate(cells) if c.kind == "code"), len(cells))
     result = [*cells[:first_code], init, *cells[first_code:]]
-    if st.config.get("check_all_cell", True) and any(q.tests for q in exercise.questions):
+    if check_all and any(q.tests for q in exercise.questions):
         result.append(_Cell("markdown", "## Check everything", "check-all-title", []))
         result.append(_Cell("code", "check_all()", "check-all", []))
     return result
