@@ -321,7 +321,8 @@ class ReplyCache:
                     found[key] = vector
             finally:
                 for key in missing:
-                    self.pending.pop(key, None)
+                    if self.pending.get(key) is future:  # not another request's since
+                        del self.pending[key]
                 future.set_result(None)  # waiters look again (and fetch what is still missing)
         vectors_out = [found[key].tolist() for key in keys]
         model = data.get("model", "")
