@@ -22,6 +22,9 @@ GRACE = 2.0  # seconds a kernel gets to stop after an interrupt before it is kil
 MAX_LINE = 64 * 1024 * 1024  # bytes of one message between the grader and its tester
 
 
+STARTUP = 60.0  # seconds a tester may take to start (the notebook's cells run meanwhile)
+
+
 async def _wait_reply(km: Any, kc: Any, msg_id: str, timeout: float) -> dict[str, Any] | None:
     """The shell reply to ``msg_id``, or None after ``timeout`` seconds."""
     from nbclient.exceptions import DeadKernelError
@@ -92,6 +95,7 @@ class Tester:
         self.kc = kc
         self.kernel_lost = False  # the kernel died or could not be interrupted
         self.kernel_died = False  # it died (a crash or an exit in the learner's code)
+        self.ready = False  # it has started and said so
 
     @classmethod
     async def start(
@@ -139,8 +143,14 @@ class Tester:
             "description": test["description"],
             "hint": "",
         }
-        deadline = time.monotonic() + timeout
         try:
+            if not self.ready:  # a busy machine may take seconds to start Python
+                assert self.process.stdout is not None
+                line = await asyncio.wait_for(self.process.stdout.readline(), STARTUP)
+                if json.loads(line or b"{}").get("op") != "ready":
+                    raise ConnectionError("the tester did not start")
+                self.ready = True
+            deadline = time.monotonic() + timeout
             await self._send({"op": "test", "spec": spec})
             while True:
                 # The tester's own code (a fake server, a loop) has the same limit as a call.

@@ -7,7 +7,8 @@ reads from the notebook is looked up across the boundary (``labkit.grader.remote
 test code itself never enters the kernel. Messages, one JSON line each way:
 
 - grader → tester: ``{"op": "test", "spec": …}`` or ``{"op": "exit"}``;
-- tester → grader: ``{"op": "kernel", "request": …}`` (answered by ``{"op": "reply",
+- tester → grader: ``{"op": "ready"}`` once, when it has started; then per test
+  ``{"op": "kernel", "request": …}`` (answered by ``{"op": "reply",
   "answer": "…"}`` or ``{"op": "reply", "timeout": true}``), then ``{"op": "result", …}``.
 
 Run as ``python -I -m labkit.grader.tester``.
@@ -140,6 +141,7 @@ def main() -> None:
 
     with contextlib.suppress(ImportError):
         import labkit.faults  # noqa: F401 - most tests of the course use it
+    channel.send({"op": "ready"})  # a test's time starts now, not while Python starts
     while (message := channel.receive()) is not None:
         if message.get("op") != "test":
             break

@@ -295,6 +295,7 @@ def test_the_tester_process_runs_a_test_over_its_pipes(tmp_path: Path) -> None:
     )
     assert process.stdin is not None and process.stdout is not None
     try:
+        assert json.loads(process.stdout.readline()) == {"op": "ready"}
         for code, expected in (
             ("assert square(4) == 16", "passed"),
             ("assert square(4) == 15", "failed"),
