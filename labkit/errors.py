@@ -4,22 +4,30 @@ Catch ``LabkitError`` to handle any of them; catch a subclass to handle one case
 Every message says what went wrong *and* what to do next::
 
     LabkitError
+    ├── FaultSpecError            (also a ValueError) a fault rule that cannot be read (``labkit.faults``)
+    ├── GradingError              grading could not start (``labkit grade``)
     ├── InvalidInput              (also a ValueError) an argument cannot be used as given
     │   └── ContextOverflow       the prompt cannot fit the model's context window
     ├── InvalidModelOutput        the model answered, but not in the shape asked for
     ├── LabkitTimeout             no answer in time (connect, read or the call's deadline)
+    ├── MasterFormatError         a master notebook breaks the marker format (``labkit assign``)
     ├── NotImplementedYet         an exercise that is still to be written
+    ├── OverwriteRefused          a generated file was edited by hand (``labkit assign``)
     ├── RagError                  documents and indexes (``labkit.rag``)
     │   ├── DocumentError         a document cannot be read or used
     │   ├── EmbeddingMismatch     an index built with another embedding model or size
     │   └── IndexFileError        a saved index is missing, damaged or cannot be written
     ├── RuntimeStartError         the embedded runtime could not be started
     ├── RuntimeUnavailable        no model server answers at the address
-    └── ServerError               the runtime answered with an error (``.status``, ``.detail``)
-        ├── BrokenStream          a stream stopped part-way or sent damaged lines
-        ├── ModelNotFound         the runtime does not have that model
-        ├── ResponseTooLarge      the answer is bigger than the client accepts
-        └── ServerBusy            HTTP 429/503; ``.retry_after`` is the runtime's own hint
+    ├── ServerError               the runtime answered with an error (``.status``, ``.detail``)
+    │   ├── BrokenStream          a stream stopped part-way or sent damaged lines
+    │   ├── ModelNotFound         the runtime does not have that model
+    │   ├── ResponseTooLarge      the answer is bigger than the client accepts
+    │   └── ServerBusy            HTTP 429/503; ``.retry_after`` is the runtime's own hint
+    └── ValidationFailed          a master's solution loses points to its tests (``labkit assign``)
+
+The errors of the fault proxy and the grader can also be imported from the modules that raise
+them (``labkit.faults``, ``labkit.grader``).
 """
 
 from __future__ import annotations
@@ -29,19 +37,24 @@ __all__ = [
     "ContextOverflow",
     "DocumentError",
     "EmbeddingMismatch",
+    "FaultSpecError",
+    "GradingError",
     "IndexFileError",
     "InvalidInput",
     "InvalidModelOutput",
     "LabkitError",
     "LabkitTimeout",
+    "MasterFormatError",
     "ModelNotFound",
     "NotImplementedYet",
+    "OverwriteRefused",
     "RagError",
     "ResponseTooLarge",
     "RuntimeStartError",
     "RuntimeUnavailable",
     "ServerBusy",
     "ServerError",
+    "ValidationFailed",
 ]
 
 
@@ -129,3 +142,29 @@ class IndexFileError(RagError):
 
 class EmbeddingMismatch(RagError):
     """An index is used with another embedding model or vector size than it was built with."""
+
+
+# Fault rules (labkit.faults)
+
+
+class FaultSpecError(LabkitError, ValueError):
+    """A fault, rule or schedule that cannot be understood (the message says why)."""
+
+
+# Assigning and grading exercises (labkit assign, labkit grade)
+
+
+class MasterFormatError(LabkitError):
+    """A master notebook does not follow the marker format."""
+
+
+class OverwriteRefused(LabkitError):
+    """A generated file was edited by hand since it was generated."""
+
+
+class ValidationFailed(LabkitError):
+    """A master's solution does not get full marks from its own tests."""
+
+
+class GradingError(LabkitError):
+    """Grading could not start (bad arguments, no sandbox, nothing to grade)."""

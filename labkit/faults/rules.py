@@ -14,15 +14,11 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from labkit.errors import LabkitError
+from labkit.errors import FaultSpecError
 
 __all__ = ["Action", "Exchange", "Fault", "FaultSpecError", "Rule", "parse_rule"]
 
 Action = Literal["pass", "status", "hang", "reset", "truncate", "malformed", "not_found"]
-
-
-class FaultSpecError(LabkitError, ValueError):
-    """A fault, rule or schedule that cannot be understood (the message says why)."""
 
 
 # --- what goes wrong ---------------------------------------------------------------------------

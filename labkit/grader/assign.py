@@ -47,7 +47,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from labkit.errors import LabkitError
+from labkit.errors import LabkitError, ValidationFailed
 from labkit.grader.exercise import (
     KEY_DIR,
     LEARNER_DIR,
@@ -97,10 +97,6 @@ __all__ = [
 
 # Where assign remembers which solutions it graded, so an unchanged master is not graded again.
 VALIDATED = ".labkit/validated.json"
-
-
-class ValidationFailed(LabkitError):
-    """A master's solution does not get full marks from its own tests."""
 
 
 def masters_in(path: Path) -> list[Path]:

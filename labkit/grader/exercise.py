@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from labkit.errors import LabkitError
+from labkit.errors import LabkitError, MasterFormatError, OverwriteRefused
 
 __all__ = [
     "KEY_DIR",
@@ -50,14 +50,6 @@ MANUAL_PROMPT = "_Type your answer here, replacing this text._"
 
 # The kernel every generated notebook asks for: the course's Python environment.
 KERNELSPEC = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
-
-
-class MasterFormatError(LabkitError):
-    """A master notebook does not follow the marker format."""
-
-
-class OverwriteRefused(LabkitError):
-    """A generated file was edited by hand since it was generated."""
 
 
 @dataclass

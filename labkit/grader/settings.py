@@ -7,17 +7,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from labkit.errors import LabkitError
+from labkit.errors import GradingError
 from labkit.grader.assign import Exercise
 
 __all__ = ["SCRATCH_BASE", "GradingError", "Settings", "Submission"]
 
 
 SCRATCH_BASE = Path(tempfile.gettempdir()) / "labkit-grading"
-
-
-class GradingError(LabkitError):
-    """Grading could not start (bad arguments, no sandbox, nothing to grade)."""
 
 
 @dataclass

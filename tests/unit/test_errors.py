@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import ast
+import importlib
 import inspect
+import pkgutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,6 +18,14 @@ PACKAGE = Path(labkit.__file__).parent
 TOP_LEVEL = sorted(p for p in PACKAGE.glob("*.py") if p.name != "errors.py")
 # Not labkit errors: what the standard library and HTTP libraries raise, caught inside labkit.
 FOREIGN = {"ValueError", "TypeError", "KeyError", "RuntimeError", "LabkitError", "Exception"}
+# The fault proxy's and the grader's errors: importable where they are raised, not from labkit.
+RAISED_IN = {
+    "FaultSpecError": ("labkit.faults", "labkit.faults.rules"),
+    "GradingError": ("labkit.grader.settings",),
+    "MasterFormatError": ("labkit.grader.exercise",),
+    "OverwriteRefused": ("labkit.grader.exercise",),
+    "ValidationFailed": ("labkit.grader.assign",),
+}
 
 
 def _error_classes() -> list[type[errors.LabkitError]]:
@@ -48,8 +59,32 @@ def test_the_docstring_draws_every_error_under_its_parent() -> None:
     assert set(drawn) == {cls.__name__ for cls in _error_classes()}  # nothing drawn that is gone
 
 
-def test_every_error_is_exported_from_labkit() -> None:
-    assert {cls.__name__ for cls in _error_classes()} <= set(labkit.__all__)
+def test_every_error_is_exported_from_labkit_or_where_it_is_raised() -> None:
+    for cls in _error_classes():
+        if cls.__name__ not in RAISED_IN:
+            assert cls.__name__ in labkit.__all__, f"labkit does not export {cls.__name__}"
+        for where in RAISED_IN.get(cls.__name__, ()):
+            assert getattr(importlib.import_module(where), cls.__name__) is cls, where
+
+
+def _subclasses(cls: type) -> Iterator[type]:
+    for sub in cls.__subclasses__():
+        yield sub
+        yield from _subclasses(sub)
+
+
+def test_every_labkit_error_anywhere_is_defined_in_errors_py_and_drawn() -> None:
+    """Import every labkit module and find each LabkitError subclass: all live in the tree."""
+    for module in pkgutil.walk_packages(labkit.__path__, "labkit."):
+        if not module.name.endswith("__main__"):  # that one runs the command
+            importlib.import_module(module.name)
+    found = [c for c in _subclasses(errors.LabkitError) if c.__module__.startswith("labkit")]
+    assert len(found) >= len(_error_classes()) - 1  # the walk sees the classes of errors.py
+    drawn = _drawn()
+    for cls in found:
+        where = f"{cls.__module__}.{cls.__name__}"
+        assert cls.__module__ == "labkit.errors", f"{where}: define it in labkit/errors.py"
+        assert cls.__name__ in drawn, f"{where} is missing from the tree in errors.py"
 
 
 @pytest.mark.parametrize("path", TOP_LEVEL, ids=lambda p: p.name)
