@@ -71,12 +71,17 @@ box's own and vanish with it. The whole box shares one memory cap (--memory-mb, 
 has a wall-time budget, re-runs included (--notebook-timeout). When a notebook is done,
 the whole box is killed — pid 1 going takes every process with it, zombies and processes
 that left the kernel's process group included — and its cgroup and tmpfs are removed.
-Hidden tests run outside the kernel, in a separate process; feedback for a hidden test
-carries only a short, sanitised message.
+Tests, public and hidden, run outside the box, in a tester process of their own (another
+user, the box's files and network, not its processes): the test code never enters the
+kernel, learner functions are called across a boundary where only plain data crosses, and
+nothing of the learner's is evaluated where the verdict is made; feedback for a hidden
+test carries only a short, fixed message (why it failed goes to instructor/). Through the
+run's reply cache, a kernel's requests are rebuilt without its headers, have at most 4 in
+flight, take turns with other kernels' requests, and never change another kernel's reply.
 Not enforced: the operating system's world-readable files stay readable; CPU time is
 limited per process but not shared out (a busy box can use every core until its limits
-stop it); a notebook can keep the shared model runtime busy (each cell and test still has
-its limit).
+stop it); a notebook can keep the shared model runtime busy within those turns (each cell
+and test still has its limit), and with --no-cache nothing shares the runtime out.
 Where the machine cannot: without a usable cgroup (v2, or v1 with memory and pids),
 --memory-mb caps each process on its own (RLIMIT_AS) and processes are capped per grading
 user (RLIMIT_NPROC), not per box; `labkit grade` says so when it starts. Without root (and
