@@ -30,10 +30,10 @@ import nbformat
 
 from labkit import discovery
 from labkit.grader import assign, grading
-from labkit.grader.kernels import _Worker
-from labkit.grader.report import _write_outputs
-from labkit.grader.sandbox import _needed_paths, _reachability_covers
-from labkit.grader.users import _grading_user
+from labkit.grader.kernels import Worker
+from labkit.grader.report import write_outputs
+from labkit.grader.sandbox import needed_paths, reachability_covers
+from labkit.grader.users import grading_user
 
 PROJECT = Path(__file__).resolve().parent.parent
 DATA = PROJECT / "tests" / "data" / "grading"
@@ -104,14 +104,14 @@ def kernel_start_forked(runs: int, sandbox: bool, key: Path) -> float:
     settings = grading.Settings(
         exercise=exercise, runtime_url=url, sandbox=sandbox, run_dir=run_dir
     )
-    settings.reach = _reachability_covers(_needed_paths())
+    settings.reach = reachability_covers(needed_paths())
     slots = grading.Slots(1)
     number = slots.numbers[0]
-    users = [_grading_user(2 * number + k) for k in (0, 1)]
+    users = [grading_user(2 * number + k) for k in (0, 1)]
     if not sandbox:
         me = (os.getuid(), os.getgid(), "me")
         users = [me, me]
-    worker = _Worker(settings, users)
+    worker = Worker(settings, users)
     times = []
 
     async def one() -> None:
@@ -190,7 +190,7 @@ def overhead(args: argparse.Namespace, sandbox: bool, url: str) -> None:
         )
         per_notebook = statistics.median(r["seconds"] for r in report.results)
         start = time.perf_counter()
-        _write_outputs(base / "trivial-out", report.exercise, report.results, "bench")
+        write_outputs(base / "trivial-out", report.exercise, report.results, "bench")
         feedback = (time.perf_counter() - start) / len(report.results)
 
         # The same 20 notebooks with 1 and 2 workers, alternating to spread the noise.

@@ -13,7 +13,14 @@ from typing import Any
 
 from labkit.grader.settings import GradingError
 
-__all__ = ["GRACE", "MAX_LINE", "Tester", "hidden_lines"]
+__all__ = [
+    "GRACE",
+    "MAX_LINE",
+    "Tester",
+    "hidden_lines",
+    "recover",
+    "wait_ready",
+]
 
 
 GRACE = 2.0  # seconds a kernel gets to stop after an interrupt before it is killed
@@ -46,7 +53,7 @@ async def _wait_reply(km: Any, kc: Any, msg_id: str, timeout: float) -> dict[str
             return msg
 
 
-async def _ready(km: Any, kc: Any, timeout: float) -> None:
+async def wait_ready(km: Any, kc: Any, timeout: float) -> None:
     """Wait until the kernel answers on its shell and its output reaches us.
 
     Output is published to whoever listens at that moment, so a cell run before our output
@@ -70,7 +77,7 @@ async def _ready(km: Any, kc: Any, timeout: float) -> None:
     raise GradingError(f"the kernel did not become ready in {timeout:g} s")
 
 
-async def _recover(km: Any, kc: Any) -> bool:
+async def recover(km: Any, kc: Any) -> bool:
     """Interrupt a busy kernel; True if it is responsive again within the grace period."""
     from nbclient.exceptions import DeadKernelError
 
@@ -206,7 +213,7 @@ class Tester:
         try:
             reply = await _wait_reply(self.km, self.kc, msg_id, remaining)
             if reply is None:
-                self.kernel_lost = not await _recover(self.km, self.kc)
+                self.kernel_lost = not await recover(self.km, self.kc)
                 return {"op": "reply", "timeout": True}
         except DeadKernelError:
             self.kernel_lost = self.kernel_died = True

@@ -11,8 +11,10 @@ from typing import Any
 from labkit.errors import LabkitError, MasterFormatError, OverwriteRefused
 
 __all__ = [
+    "KERNELSPEC",
     "KEY_DIR",
     "LEARNER_DIR",
+    "MANUAL_PROMPT",
     "PUBLIC_TESTS_DIR",
     "SOLUTION_DIR",
     "Exercise",
@@ -21,7 +23,9 @@ __all__ = [
     "OverwriteRefused",
     "Question",
     "TestCase",
+    "cell_source",
     "exercise_from_dict",
+    "json_bytes",
     "load_key",
     "work_fingerprint",
 ]
@@ -204,11 +208,13 @@ class Generated:
         return f"{PUBLIC_TESTS_DIR}/{self.exercise.name}.json"
 
 
-def _json_bytes(data: Any) -> bytes:
+def json_bytes(data: Any) -> bytes:
+    """``data`` as the stable JSON every generated file uses (sorted keys, one-space indent)."""
     return (json.dumps(data, indent=1, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
 
 
-def _source(cell: Any) -> str:
+def cell_source(cell: Any) -> str:
+    """A notebook cell's source as one string (notebooks store it as a string or lines)."""
     src = cell.get("source", "")
     return "".join(src) if isinstance(src, list) else str(src)
 
@@ -216,5 +222,5 @@ def _source(cell: Any) -> str:
 def work_fingerprint(notebook: bytes) -> str:
     """A hash of what a person wrote in a notebook (cell types and sources, not outputs)."""
     nb = json.loads(notebook)
-    cells = [[c.get("cell_type"), _source(c)] for c in nb.get("cells", [])]
+    cells = [[c.get("cell_type"), cell_source(c)] for c in nb.get("cells", [])]
     return hashlib.sha256(json.dumps(cells).encode("utf-8")).hexdigest()

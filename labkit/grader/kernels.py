@@ -21,17 +21,26 @@ from urllib.parse import urlsplit
 from labkit.grader.network import forward_into
 from labkit.grader.sandbox import (
     Cgroups,
-    _covers,
-    _kernel_env,
-    _limits,
+    box_covers,
+    box_limits,
     cgroups,
     enter_sandbox,
+    kernel_env,
     temp_folders,
 )
 from labkit.grader.settings import GradingError, Settings
 from labkit.grader.users import kill_user_processes
 
-__all__ = ["FLOOD_BYTES", "KEEP_BYTES", "PRELOAD", "START_ERROR"]
+__all__ = [
+    "FLOOD_BYTES",
+    "KEEP_BYTES",
+    "PRELOAD",
+    "START_ERROR",
+    "Kernel",
+    "Worker",
+    "kernel_classes",
+    "pid_alive",
+]
 
 
 FLOOD_BYTES = 1_000_000  # output of one cell that counts as a flood (not kept, not re-run)
@@ -209,7 +218,7 @@ class _ForkedProcess:
 
     def poll(self) -> int | None:
         """None while the kernel runs."""
-        if self.returncode is None and not _alive(self.pid):
+        if self.returncode is None and not pid_alive(self.pid):
             self.returncode = 1  # its parent is the zygote: the real status is not ours
         return self.returncode
 
@@ -236,7 +245,8 @@ class _ForkedProcess:
         self.send_signal(15)
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """True if process ``pid`` exists and is not a zombie."""
     try:
         stat_line = Path(f"/proc/{pid}/stat").read_text()
     except FileNotFoundError:
@@ -250,7 +260,7 @@ def _alive(pid: int) -> bool:
     return stat_line.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
 
-def _kernel_classes() -> tuple[type[Any], type[Any]]:
+def kernel_classes() -> tuple[type[Any], type[Any]]:
     """Provisioner and notebook client classes (imported late: they are heavy)."""
     import nbformat
     from jupyter_client.provisioning.local_provisioner import LocalProvisioner
@@ -320,7 +330,7 @@ def _message_size(msg: dict[str, Any]) -> int:
 
 
 @dataclass
-class _Kernel:
+class Kernel:
     """A started kernel and the scratch folder it lives in."""
 
     km: Any
@@ -334,7 +344,7 @@ class _Kernel:
     embed_forwarder: Any = None  # the same for $LABKIT_EMBED_URL's server, when one is set
 
 
-class _Worker:
+class Worker:
     """One grading process: its users, its event loop and the kernel it started in advance."""
 
     def __init__(self, settings: Settings, users: list[tuple[int, int, str]]) -> None:
@@ -354,18 +364,18 @@ class _Worker:
         self.loop = asyncio.new_event_loop()
         asyncio.set_event_loop(self.loop)
         self.context = zmq.asyncio.Context()
-        self.next: asyncio.Task[_Kernel] | None = None
+        self.next: asyncio.Task[Kernel] | None = None
 
     def user(self) -> tuple[int, int, str]:
         """The next grading user in turn."""
         self.turn += 1
         return self.users[self.turn % len(self.users)]
 
-    async def start_kernel(self, user: tuple[int, int, str]) -> _Kernel:
+    async def start_kernel(self, user: tuple[int, int, str]) -> Kernel:
         """Fork a kernel for ``user`` in a new box with an empty scratch disk (no waiting)."""
         from jupyter_client.manager import AsyncKernelManager
 
-        provisioner_class, _ = _kernel_classes()
+        provisioner_class, _ = kernel_classes()
         settings = self.settings
         uid, gid, name = user
         box = Path(tempfile.mkdtemp(prefix="box-", dir=settings.run_dir))
@@ -400,19 +410,19 @@ class _Worker:
                     "uid": uid,
                     "gid": gid,
                     "cwd": str(scratch),
-                    "covers": _covers(settings, scratch, box / "temp"),
+                    "covers": box_covers(settings, scratch, box / "temp"),
                     "chown": [str(scratch / "kernel.json")],
-                    "limits": _limits(settings, bool(groups)),
+                    "limits": box_limits(settings, bool(groups)),
                     "network": settings.network,
                     "cgroups": groups,
                 }
-            await km.start_kernel(cwd=str(scratch), env=_kernel_env(settings, scratch, name))
+            await km.start_kernel(cwd=str(scratch), env=kernel_env(settings, scratch, name))
         except BaseException:
             self.cgroups.remove(groups)
             _remove_box(box)
             raise
         # Sandboxed, the pid is the box's init: the kernel's parent and process group.
-        kernel = _Kernel(km, scratch, uid, gid, provisioner.pid, box, groups)
+        kernel = Kernel(km, scratch, uid, gid, provisioner.pid, box, groups)
         if settings.sandbox and settings.network == "runtime":
             try:
                 port = urlsplit(settings.runtime_url).port or 80
@@ -425,13 +435,13 @@ class _Worker:
                 raise
         return kernel
 
-    async def take_kernel(self) -> _Kernel:
+    async def take_kernel(self) -> Kernel:
         """The kernel started in advance (or a new one), and start the next in advance."""
         kernel = await self.next if self.next else await self.start_kernel(self.user())
         self.next = self.loop.create_task(self.start_kernel(self.user()))
         return kernel
 
-    async def stop_kernel(self, kernel: _Kernel) -> None:
+    async def stop_kernel(self, kernel: Kernel) -> None:
         """Stop a kernel, kill whatever its user left running, delete its scratch folder.
 
         No polite shutdown: the notebook is done, and asking a kernel to exit (then polling

@@ -15,40 +15,45 @@ from pathlib import Path
 from typing import Any
 
 from labkit.grader.assign import Exercise
-from labkit.grader.channel import Tester, _ready, _recover, hidden_lines
-from labkit.grader.kernels import FLOOD_BYTES, START_ERROR, _Kernel, _kernel_classes, _Worker
-from labkit.grader.sandbox import _LAUNCHER, _kernel_env, _limits
+from labkit.grader.channel import Tester, hidden_lines, recover, wait_ready
+from labkit.grader.kernels import FLOOD_BYTES, START_ERROR, Kernel, Worker, kernel_classes
+from labkit.grader.sandbox import LAUNCHER, box_limits, kernel_env
 from labkit.grader.settings import GradingError, Settings, Submission
-from labkit.grader.users import _grading_user, tester_user
+from labkit.grader.users import grading_user, tester_user
 
-__all__ = ["RESTARTS"]
+__all__ = [
+    "RESTARTS",
+    "empty_result",
+    "grade_in_worker",
+    "init_worker",
+]
 
 
 RESTARTS = 2  # fresh kernels per notebook after one hung or died
 
 
-_WORKER: _Worker | None = None
+_WORKER: Worker | None = None
 _TESTER_USER: tuple[int, int, str] | None = None  # who this worker's tests run as
 
 
-def _init_worker(settings: Settings, slots: Any) -> None:
+def init_worker(settings: Settings, slots: Any) -> None:
     """Pool initializer: claim a slot, its two users, and start a kernel in advance."""
     global _WORKER, _TESTER_USER
     number = slots.get()
-    users = [_grading_user(2 * number), _grading_user(2 * number + 1)]
+    users = [grading_user(2 * number), grading_user(2 * number + 1)]
     tester = tester_user(number) if settings.sandbox else None
     if not settings.sandbox:
         me = os.getuid(), os.getgid(), pwd.getpwuid(os.getuid()).pw_name
         users = [me, me]
         tester = me
-    _WORKER = _Worker(settings, users)
+    _WORKER = Worker(settings, users)
     _TESTER_USER = tester
     _WORKER.next = _WORKER.loop.create_task(_WORKER.start_kernel(_WORKER.user()))
     _WORKER.loop.run_until_complete(asyncio.sleep(0.05))  # let the kernel process start
     multiprocessing.util.Finalize(None, _WORKER.close, exitpriority=10)
 
 
-def _grade_in_worker(submission: Submission) -> dict[str, Any]:
+def grade_in_worker(submission: Submission) -> dict[str, Any]:
     """Pool task: grade one notebook (never raises: problems become its status)."""
     assert _WORKER is not None
     started = time.perf_counter()
@@ -59,7 +64,7 @@ def _grade_in_worker(submission: Submission) -> dict[str, Any]:
             asyncio.wait_for(_grade(_WORKER, submission, progress), budget)
         )
     except asyncio.TimeoutError:  # the notebook's whole budget is spent: keep what it earned
-        result = _empty_result(_WORKER.settings.exercise, submission, ["gave-up"])
+        result = empty_result(_WORKER.settings.exercise, submission, ["gave-up"])
         run: _Run | None = progress.get("run")
         if run is not None:
             result["tests"] = [run.results.get(t["name"], t) for t in result["tests"]]
@@ -70,7 +75,7 @@ def _grade_in_worker(submission: Submission) -> dict[str, Any]:
             "stopped; tests that had not run yet earned nothing."
         )
     except Exception as exc:  # one broken notebook must not stop the class
-        result = _empty_result(_WORKER.settings.exercise, submission, ["grader-error"])
+        result = empty_result(_WORKER.settings.exercise, submission, ["grader-error"])
         result["notes"].append(f"The grader failed on this notebook: {type(exc).__name__}: {exc}")
     result["seconds"] = round(time.perf_counter() - started, 3)
     result["uids"] = sorted({u for u, _, _ in _WORKER.users})
@@ -82,7 +87,8 @@ def _budget(settings: Settings) -> float:
     return float(settings.notebook_timeout)
 
 
-def _empty_result(exercise: Exercise, sub: Submission, status: list[str]) -> dict[str, Any]:
+def empty_result(exercise: Exercise, sub: Submission, status: list[str]) -> dict[str, Any]:
+    """A result with every test not run and no points, marked with ``status``."""
     tests = [
         {
             "name": t.name,
@@ -109,7 +115,7 @@ def _empty_result(exercise: Exercise, sub: Submission, status: list[str]) -> dic
     }
 
 
-async def _grade(worker: _Worker, sub: Submission, progress: dict[str, Any]) -> dict[str, Any]:
+async def _grade(worker: Worker, sub: Submission, progress: dict[str, Any]) -> dict[str, Any]:
     import nbformat
 
     settings = worker.settings
@@ -118,13 +124,13 @@ async def _grade(worker: _Worker, sub: Submission, progress: dict[str, Any]) -> 
         nb = nbformat.reads(raw.decode("utf-8"), as_version=4)  # type: ignore[no-untyped-call]
         nbformat.validate(nb)
     except Exception as exc:  # not JSON, not a notebook, not valid: all the same to a learner
-        result = _empty_result(settings.exercise, sub, ["invalid-notebook"])
+        result = empty_result(settings.exercise, sub, ["invalid-notebook"])
         result["notes"].append(
             f"This file is not a valid notebook ({type(exc).__name__}), so nothing could run. "
             "Open it in Jupyter, check it shows your work, save it and submit it again."
         )
         return result
-    result = _empty_result(settings.exercise, sub, [])
+    result = empty_result(settings.exercise, sub, [])
     run = progress["run"] = _Run(nb=nb, tests=_test_specs(settings.exercise))
     kernel = await worker.take_kernel()
     for attempt in range(RESTARTS + 1):
@@ -150,7 +156,7 @@ async def _grade(worker: _Worker, sub: Submission, progress: dict[str, Any]) -> 
     return result
 
 
-async def _fresh(worker: _Worker, old: _Kernel) -> _Kernel:
+async def _fresh(worker: Worker, old: Kernel) -> Kernel:
     """A new kernel for the same notebook (same user; the old one's processes are gone)."""
     user = next(u for u in worker.users if u[0] == old.uid)
     return await worker.start_kernel(user)
@@ -183,7 +189,7 @@ def _test_specs(exercise: Exercise) -> list[dict[str, Any]]:
     ]
 
 
-def _prepare_scratch(settings: Settings, kernel: _Kernel, raw: bytes) -> None:
+def _prepare_scratch(settings: Settings, kernel: Kernel, raw: bytes) -> None:
     """Copy in what the notebook may read: itself, its public tests, the exercise's files."""
     files = {"submission.ipynb": raw, f"tests/{settings.exercise.name}.json": settings.public_tests}
     for source, target in settings.extra_files:
@@ -199,14 +205,14 @@ def _prepare_scratch(settings: Settings, kernel: _Kernel, raw: bytes) -> None:
                     os.chown(kernel.scratch / part, kernel.uid, kernel.gid)
 
 
-async def _run_once(worker: _Worker, kernel: _Kernel, run: _Run, raw: bytes) -> bool:
+async def _run_once(worker: Worker, kernel: Kernel, run: _Run, raw: bytes) -> bool:
     """Run the notebook's cells, then the tests not run yet; False if the kernel got stuck."""
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
 
     settings = worker.settings
     secrets = hidden_lines(run.tests)
     _prepare_scratch(settings, kernel, raw)
-    _, client_class = _kernel_classes()
+    _, client_class = kernel_classes()
     client = client_class(
         run.nb,
         kernel.km,
@@ -223,7 +229,7 @@ async def _run_once(worker: _Worker, kernel: _Kernel, run: _Run, raw: bytes) -> 
     kc.allow_stdin = False
     kc.start_channels()
     try:
-        await _ready(kernel.km, kc, 60.0)
+        await wait_ready(kernel.km, kc, 60.0)
     except DeadKernelError as exc:
         why = kernel.scratch / START_ERROR
         detail = why.read_text().strip().splitlines()[-1] if why.exists() else "no reason left"
@@ -268,7 +274,7 @@ async def _run_once(worker: _Worker, kernel: _Kernel, run: _Run, raw: bytes) -> 
                 run.flags.add("timeout")
                 slow = f"{label} ran longer than {settings.timeout:g} s and was stopped."
                 run.note(index, "timeout", slow)
-                if not await _recover(kernel.km, kc):
+                if not await recover(kernel.km, kc):
                     return False
                 continue
             for out in cell.get("outputs", []):
@@ -300,7 +306,7 @@ async def _run_once(worker: _Worker, kernel: _Kernel, run: _Run, raw: bytes) -> 
             kc.stop_channels()
 
 
-async def _start_tester(settings: Settings, kernel: _Kernel, kc: Any) -> Tester:
+async def _start_tester(settings: Settings, kernel: Kernel, kc: Any) -> Tester:
     """Start the process that runs the tests beside ``kernel`` (as its own user)."""
     assert _TESTER_USER is not None
     uid, gid, name = _TESTER_USER
@@ -309,7 +315,7 @@ async def _start_tester(settings: Settings, kernel: _Kernel, kc: Any) -> Tester:
     home = kernel.scratch / ".tester"
     home.mkdir(mode=0o777, exist_ok=True)
     os.chmod(home, 0o777)
-    env = _kernel_env(settings, home, name)
+    env = kernel_env(settings, home, name)
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     command = [sys.executable, "-I", "-m", "labkit.grader.tester"]
     if settings.sandbox:
@@ -321,10 +327,10 @@ async def _start_tester(settings: Settings, kernel: _Kernel, kc: Any) -> Tester:
             "cwd": str(home),
             "covers": [],
             "chown": [],
-            "limits": _limits(settings, False),  # its own memory cap, no kernel's cgroup
+            "limits": box_limits(settings, False),  # its own memory cap, no kernel's cgroup
             "join": kernel.box_pid,
         }
-        command = [sys.executable, "-I", "-S", "-c", _LAUNCHER, json.dumps(spec), *command]
+        command = [sys.executable, "-I", "-S", "-c", LAUNCHER, json.dumps(spec), *command]
     return await Tester.start(kernel.km, kc, command, env, str(home))
 
 

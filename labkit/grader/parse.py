@@ -20,21 +20,21 @@ from labkit.grader.exercise import (
     MasterFormatError,
     Question,
     TestCase,
-    _json_bytes,
-    _source,
+    cell_source,
+    json_bytes,
     work_fingerprint,
 )
 from labkit.grader.versions import (
-    _Cell,
-    _check_syntax,
-    _learner_code,
-    _notebook_bytes,
-    _notebook_names,
-    _refuse_leftover_markers,
-    _refuse_unmarked_solution,
-    _solution_code,
-    _undefined_names,
-    _with_boilerplate,
+    Cell,
+    check_syntax,
+    learner_code,
+    notebook_bytes,
+    notebook_names,
+    refuse_leftover_markers,
+    refuse_unmarked_solution,
+    solution_code,
+    undefined_names,
+    with_boilerplate,
 )
 
 __all__ = ["parse_master"]
@@ -85,7 +85,7 @@ def _first_line(text: str) -> str:
 
 def _unfence(cell: Any) -> tuple[str, str]:
     """A cell's (type, source); a Markdown cell that is one ```otter block counts as raw."""
-    kind, text = str(cell.get("cell_type", "")), _source(cell)
+    kind, text = str(cell.get("cell_type", "")), cell_source(cell)
     if kind == "markdown":
         lines = text.strip().splitlines()
         if len(lines) >= 2 and lines[0].strip() == "```otter" and lines[-1].strip() == "```":
@@ -111,8 +111,8 @@ class _Parse:
 
     where: str
     config: dict[str, Any] = field(default_factory=dict)
-    learner: list[_Cell] = field(default_factory=list)
-    solution: list[_Cell] = field(default_factory=list)
+    learner: list[Cell] = field(default_factory=list)
+    solution: list[Cell] = field(default_factory=list)
     questions: list[Question] = field(default_factory=list)
     raw_tests: dict[str, list[tuple[str, str | None, str]]] = field(default_factory=dict)
     question_points: dict[str, Any] = field(default_factory=dict)
@@ -143,10 +143,10 @@ def parse_master(path: Path) -> Generated:
         "raises": state.uses_not_implemented,
         "check_all": state.config.get("check_all_cell", True),
     }
-    learner_cells = _with_boilerplate(state.learner, exercise, learner=True, **extras)
-    solution_cells = _with_boilerplate(state.solution, exercise, learner=False, **extras)
-    learner = _notebook_bytes(learner_cells, name, "learner")
-    solution = _notebook_bytes(solution_cells, name, "solution")
+    learner_cells = with_boilerplate(state.learner, exercise, learner=True, **extras)
+    solution_cells = with_boilerplate(state.solution, exercise, learner=False, **extras)
+    learner = notebook_bytes(learner_cells, name, "learner")
+    solution = notebook_bytes(solution_cells, name, "solution")
     generated = Generated(exercise=exercise, files={}, warnings=state.warnings)
     outputs = {
         generated.learner_path: work_fingerprint(learner),
@@ -155,8 +155,8 @@ def parse_master(path: Path) -> Generated:
     generated.files = {
         generated.learner_path: learner,
         generated.solution_path: solution,
-        generated.public_path: _json_bytes(exercise.to_public()),
-        generated.key_path: _json_bytes(exercise.to_key(outputs)),
+        generated.public_path: json_bytes(exercise.to_public()),
+        generated.key_path: json_bytes(exercise.to_key(outputs)),
     }
     for rel in exercise.files:  # data the notebook reads goes next to both versions
         content = _extra_file(path.parent, rel)
@@ -234,7 +234,7 @@ def _walk(cells: list[Any], st: _Parse) -> None:
                     )
                 if what == "solution" and had_md_solution and not had_prompt:
                     # A written answer with no prompt: give learners a place to write.
-                    st.learner.append(_Cell("markdown", MANUAL_PROMPT, "", []))
+                    st.learner.append(Cell("markdown", MANUAL_PROMPT, "", []))
                 block = None
             continue
         if kind in ("code", "markdown") and _IGNORE_CELL.match(first):
@@ -248,29 +248,29 @@ def _walk(cells: list[Any], st: _Parse) -> None:
             st.headings[qname] = st.headings.get(qname, "") + text + "\n"
         if block == "prompt":
             if kind == "code":
-                _refuse_leftover_markers(text, where)
-            st.learner.append(_Cell(kind, text, cell_id, tags))
+                refuse_leftover_markers(text, where)
+            st.learner.append(Cell(kind, text, cell_id, tags))
             continue
         if kind == "code":
-            found = _learner_code(text, qname, where)
+            found = learner_code(text, qname, where)
             learner = found.text
             st.uses_not_implemented |= found.raises
             if found.placeholders:
                 asked = next(q for q in st.questions if q.name == qname)
                 asked.placeholders += [n for n in found.placeholders if n not in asked.placeholders]
-            _refuse_leftover_markers(learner, where)  # first: a misspelt marker is the likely cause
+            refuse_leftover_markers(learner, where)  # first: a misspelt marker is the likely cause
             if block == "solution":
-                _refuse_unmarked_solution(text, where)
-            solution = _solution_code(text, where)
-            st.warnings.extend(_check_syntax(solution, learner, where))
-            st.learner.append(_Cell(kind, learner, cell_id, tags))
-            st.solution.append(_Cell(kind, solution, cell_id, tags))
+                refuse_unmarked_solution(text, where)
+            solution = solution_code(text, where)
+            st.warnings.extend(check_syntax(solution, learner, where))
+            st.learner.append(Cell(kind, learner, cell_id, tags))
+            st.solution.append(Cell(kind, solution, cell_id, tags))
         elif block == "solution":
             had_md_solution = True
-            st.solution.append(_Cell(kind, text, cell_id, tags))
+            st.solution.append(Cell(kind, text, cell_id, tags))
         else:
-            st.learner.append(_Cell(kind, text, cell_id, tags))
-            st.solution.append(_Cell(kind, text, cell_id, tags))
+            st.learner.append(Cell(kind, text, cell_id, tags))
+            st.solution.append(Cell(kind, text, cell_id, tags))
     if question is not None or block is not None:
         raise MasterFormatError(
             f"{st.where}: question {question['name'] if question else '?'!r} is never closed; "
@@ -322,9 +322,9 @@ def _add_check_cell(config: dict[str, Any], st: _Parse) -> None:
     name = str(config["name"])
     if config.get("manual") or not st.raw_tests.get(name) or not config.get("check_cell", True):
         return
-    check = _Cell("code", f'check("{name}")', f"check-{name}", [])
+    check = Cell("code", f'check("{name}")', f"check-{name}", [])
     st.learner.append(check)
-    st.solution.append(_Cell("code", check.source, check.cell_id, []))
+    st.solution.append(Cell("code", check.source, check.cell_id, []))
 
 
 def _test_outputs(cell: Any) -> str | None:
@@ -342,7 +342,7 @@ def _test_outputs(cell: Any) -> str | None:
 def _finish_questions(st: _Parse) -> list[Question]:
     function_tests = st.config.get("tests", {}) or {}
     ok_format = function_tests.get("ok_format", True) if isinstance(function_tests, dict) else True
-    notebook = _notebook_names(st.solution)
+    notebook = notebook_names(st.solution)
     for q in st.questions:
         raw = st.raw_tests.get(q.name, [])
         tests = [
@@ -375,7 +375,7 @@ def _finish_questions(st: _Parse) -> list[Question]:
                     "`labkit assign` to record the expected output, or use `assert`."
                 )
             if notebook is not None:
-                missing = _undefined_names(test.code, test.kind == "function", notebook)
+                missing = undefined_names(test.code, test.kind == "function", notebook)
                 if missing:
                     st.warnings.append(
                         f"{test.name} uses {', '.join(f'`{n}`' for n in missing)}, which "

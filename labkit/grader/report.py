@@ -20,13 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from labkit.grader.assign import Exercise, write_atomic
-from labkit.grader.exercise import _json_bytes
+from labkit.grader.exercise import json_bytes
 
 __all__ = [
     "JOURNAL",
     "MAX_NOTES",
     "NOTE_CHARS",
     "STATE",
+    "append_journal",
     "csv_cell",
     "feedback",
     "file_stem",
@@ -36,6 +37,10 @@ __all__ = [
     "pass_rates",
     "previous_results",
     "tidy_result",
+    "write_book",
+    "write_outputs",
+    "write_rates",
+    "write_row_files",
 ]
 
 
@@ -170,17 +175,17 @@ def _scores(exercise: Exercise, result: dict[str, Any]) -> dict[str, float]:
     return {q: round(v, 4) for q, v in scores.items()}
 
 
-def _write_outputs(
+def write_outputs(
     out: Path, exercise: Exercise, results: list[dict[str, Any]], key_hash: str
 ) -> None:
     """Everything at once: each row's files, the gradebook, the state and the pass rates."""
     for result in results:
-        _write_row_files(out, exercise, result)
-    _write_book(out, exercise, results, key_hash)
-    _write_rates(out, exercise, results)
+        write_row_files(out, exercise, result)
+    write_book(out, exercise, results, key_hash)
+    write_rates(out, exercise, results)
 
 
-def _write_row_files(out: Path, exercise: Exercise, result: dict[str, Any]) -> None:
+def write_row_files(out: Path, exercise: Exercise, result: dict[str, Any]) -> None:
     """One row's feedback, executed notebook and instructor notes."""
     stem = file_stem(result["learner"])
     write_atomic(out / "feedback" / f"{stem}.md", feedback(exercise, result).encode("utf-8"))
@@ -191,7 +196,7 @@ def _write_row_files(out: Path, exercise: Exercise, result: dict[str, Any]) -> N
         write_atomic(out / "instructor" / f"{stem}.md", text.encode("utf-8"))
 
 
-def _write_book(
+def write_book(
     out: Path,
     exercise: Exercise,
     results: list[dict[str, Any]],
@@ -226,7 +231,7 @@ def _write_book(
     if not state:
         return
     kept = {r["learner"]: _kept(r) for r in results if "not-graded" not in r["status"]}
-    write_atomic(out / STATE, _json_bytes({"key": key_hash, "results": kept}))
+    write_atomic(out / STATE, json_bytes({"key": key_hash, "results": kept}))
     (out / JOURNAL).unlink(missing_ok=True)  # all it held is in the state now
 
 
@@ -234,7 +239,7 @@ def _kept(result: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in result.items() if k != "executed"}
 
 
-def _journal(out: Path, key_hash: str, result: dict[str, Any]) -> None:
+def append_journal(out: Path, key_hash: str, result: dict[str, Any]) -> None:
     """Add one result to the state, appended: rewriting a class's state per row costs seconds."""
     line = json.dumps({"key": key_hash, "result": _kept(result)}, separators=(",", ":"))
     with (out / JOURNAL).open("a", encoding="utf-8") as handle:
@@ -266,7 +271,8 @@ def previous_results(out: Path, key_hash: str) -> dict[str, dict[str, Any]]:
     return results
 
 
-def _write_rates(out: Path, exercise: Exercise, results: list[dict[str, Any]]) -> None:
+def write_rates(out: Path, exercise: Exercise, results: list[dict[str, Any]]) -> None:
+    """Write each test's pass rate: ``pass_rates.csv`` and its bar plot."""
     rates = pass_rates(exercise, results)
     rate_table = io.StringIO()
     writer = csv.writer(rate_table, lineterminator="\n")

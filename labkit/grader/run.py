@@ -26,25 +26,25 @@ from labkit.errors import LabkitError
 from labkit.grader import assign
 from labkit.grader.assign import Exercise
 from labkit.grader.cache import ReplyCache
-from labkit.grader.exercise import _json_bytes
-from labkit.grader.kernels import PRELOAD, _alive
-from labkit.grader.notebook import _empty_result, _grade_in_worker, _init_worker
+from labkit.grader.exercise import json_bytes
+from labkit.grader.kernels import PRELOAD, pid_alive
+from labkit.grader.notebook import empty_result, grade_in_worker, init_worker
 from labkit.grader.report import (
-    _journal,
-    _write_book,
-    _write_rates,
-    _write_row_files,
+    append_journal,
     hidden_code,
     previous_results,
     tidy_result,
+    write_book,
+    write_rates,
+    write_row_files,
 )
-from labkit.grader.sandbox import _needed_paths, _preflight, _private_paths, _reachability_covers
+from labkit.grader.sandbox import needed_paths, preflight, private_paths, reachability_covers
 from labkit.grader.settings import SCRATCH_BASE, GradingError, Settings, Submission
 from labkit.grader.users import (
     MAX_SLOTS,
     USER_PREFIX,
     Slots,
-    _grading_user,
+    grading_user,
     kill_user_processes,
 )
 
@@ -234,7 +234,7 @@ def grade(
     out.mkdir(parents=True, exist_ok=True)
     if sandbox:
         os.chmod(out, 0o700)  # the gradebook is for the instructor only
-    key_hash = hashlib.sha256(_json_bytes(exercise.to_key())).hexdigest()
+    key_hash = hashlib.sha256(json_bytes(exercise.to_key())).hexdigest()
     previous = previous_results(out, key_hash)
     todo = to_grade(found, previous, regrade=regrade)
     book = _Book(out, exercise, key_hash, [s.learner for s in todo])
@@ -258,7 +258,7 @@ def grade(
             status.add("untouched")
         result["status"] = sorted(status)
         book.add(tidy_result(result, secrets))
-        _journal(out, key_hash, result)
+        append_journal(out, key_hash, result)
         book.write(state=False)
 
     uids: list[int] = []
@@ -298,7 +298,7 @@ def _refuse_too_large(notebooks: list[Submission], cap_mb: float) -> None:
 
 
 def _skipped_row(exercise: Exercise, sub: Submission) -> dict[str, Any]:
-    result = _empty_result(exercise, sub, ["not-graded", sub.skipped])
+    result = empty_result(exercise, sub, ["not-graded", sub.skipped])
     result["notes"].append(f"Not graded: {sub.reason}")
     return result
 
@@ -316,12 +316,12 @@ class _Book:
         self.rows[result["learner"]] = result
         if result["learner"] in self.pending:
             self.pending.remove(result["learner"])
-        _write_row_files(self.out, self.exercise, result)
+        write_row_files(self.out, self.exercise, result)
 
     def write(self, *, state: bool = True) -> None:
         """Replace the gradebook (and the state) with every row known now."""
         rows = self.results()
-        _write_book(self.out, self.exercise, rows, self.key_hash, self.pending, state=state)
+        write_book(self.out, self.exercise, rows, self.key_hash, self.pending, state=state)
 
     def results(self) -> list[dict[str, Any]]:
         """The rows known, in name order."""
@@ -331,7 +331,7 @@ class _Book:
         """The last gradebook, with pass rates and their plot; the rows in order."""
         self.write()
         results = self.results()
-        _write_rates(self.out, self.exercise, results)
+        write_rates(self.out, self.exercise, results)
         return results
 
 
@@ -383,7 +383,7 @@ def _remove_abandoned_runs() -> None:
             owner = int((run_dir / "owner.pid").read_text())
         except (OSError, ValueError):
             owner = 0
-        if owner and _alive(owner):
+        if owner and pid_alive(owner):
             continue
         if not owner and time.time() - run_dir.stat().st_mtime < 3600:
             continue  # no owner written yet: maybe a run that is just starting
@@ -439,7 +439,7 @@ def _grade_all(
     run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=SCRATCH_BASE))
     os.chmod(run_dir, 0o711)
     (run_dir / "owner.pid").write_text(str(os.getpid()))
-    settings.public_tests = _json_bytes(exercise.to_public())
+    settings.public_tests = json_bytes(exercise.to_public())
     # Files the notebook reads sit next to the master, and next to the generated exercise.
     base = master_path.resolve().parent if master_path else root / assign.LEARNER_DIR
     settings.extra_files = [(str(base / rel), rel) for rel in exercise.files]
@@ -452,11 +452,11 @@ def _grade_all(
         if sandbox and slots is not None:
             _kill_abandoned_kernels()
             settings.hide_checkouts = [str(root.resolve())] if root.resolve().parent != root else []
-            settings.hide = _private_paths(submissions, out, key_path, master_path, root)
-            settings.reach = _reachability_covers(_needed_paths())
-            users = [_grading_user(2 * n + k) for n in slots.numbers for k in (0, 1)]
+            settings.hide = private_paths(submissions, out, key_path, master_path, root)
+            settings.reach = reachability_covers(needed_paths())
+            users = [grading_user(2 * n + k) for n in slots.numbers for k in (0, 1)]
             uids = [u for u, _, _ in users]
-            _preflight(settings, users[0])
+            preflight(settings, users[0])
         numbers = slots.numbers if slots else list(range(workers))
         bar = _progress(len(todo), exercise.name, progress)
         started = time.perf_counter()
@@ -478,7 +478,7 @@ def _grade_all(
 
 
 class _Slot:
-    """What ``_init_worker`` takes its slot number from: this worker's, fixed."""
+    """What ``init_worker`` takes its slot number from: this worker's, fixed."""
 
     def __init__(self, number: int) -> None:
         self.number = number
@@ -492,7 +492,7 @@ def _worker_main(settings: Settings, number: int, conn: Any) -> None:
     """A grading worker's life: start, then grade each notebook it is sent until told to stop."""
     _die_with_parent()
     try:
-        _init_worker(settings, _Slot(number))
+        init_worker(settings, _Slot(number))
     except Exception as exc:  # said to the grader, which decides whether to try again
         conn.send(("failed", f"{type(exc).__name__}: {exc}"))
         return
@@ -504,7 +504,7 @@ def _worker_main(settings: Settings, number: int, conn: Any) -> None:
             return
         if sub is None:
             return
-        conn.send(("result", _grade_in_worker(sub)))
+        conn.send(("result", grade_in_worker(sub)))
 
 
 def _die_with_parent() -> None:
@@ -679,7 +679,7 @@ class _Pool:
             if task.attempt < ATTEMPTS:
                 retry = _Task(task.sub, task.attempt + 1, [*task.earlier, what])
             else:
-                result = _empty_result(self.settings.exercise, task.sub, ["grader-error"])
+                result = empty_result(self.settings.exercise, task.sub, ["grader-error"])
                 result["notes"].append(
                     f"{what} It was tried {task.attempt} times; grade again to try once more."
                 )

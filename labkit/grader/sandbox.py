@@ -40,13 +40,21 @@ from labkit.grader.users import kill_user_processes
 __all__ = [
     "CGROUP_PARENT",
     "ISOLATION",
+    "LAUNCHER",
     "MAX_TASKS",
     "PROJECT",
     "WORLD_WRITABLE",
     "Cgroups",
+    "box_covers",
     "box_gaps",
+    "box_limits",
     "cgroups",
     "enter_sandbox",
+    "kernel_env",
+    "needed_paths",
+    "preflight",
+    "private_paths",
+    "reachability_covers",
     "temp_folders",
 ]
 
@@ -244,8 +252,8 @@ def enter_sandbox(spec: dict[str, Any]) -> None:
     os.chdir(spec["cwd"])
 
 
-# A stand-alone launcher: ``python -I -S -c _LAUNCHER SPEC COMMAND...`` runs COMMAND sandboxed.
-_LAUNCHER = (
+# A stand-alone launcher: ``python -I -S -c LAUNCHER SPEC COMMAND...`` runs COMMAND sandboxed.
+LAUNCHER = (
     "from __future__ import annotations\nfrom typing import Any\n"
     + inspect.getsource(enter_sandbox)
     + """
@@ -260,7 +268,7 @@ os.execv(sys.argv[2], sys.argv[2:])
 )
 
 
-def _covers(settings: Settings, scratch: Path, temp: Path | None = None) -> list[list[Any]]:
+def box_covers(settings: Settings, scratch: Path, temp: Path | None = None) -> list[list[Any]]:
     """The mounts for one kernel: empty what is not the system's, hide, private temp.
 
     Every top-level folder that is not the operating system's (/home, /root, /opt, /work…)
@@ -270,7 +278,7 @@ def _covers(settings: Settings, scratch: Path, temp: Path | None = None) -> list
     disk holding one sub-folder per temp folder, see ``temp_folders``) the temp folders
     are bound from there, so everything the kernel writes counts against one disk cap.
     """
-    needed = [p for p in _needed_paths() if p != SCRATCH_BASE]
+    needed = [p for p in needed_paths() if p != SCRATCH_BASE]
     # The course's public data folder (the handbook, the evaluation set) is what learners'
     # notebooks open from the course; it ships with the course handed out, so it stays.
     checkouts = [PROJECT, *(Path(c) for c in settings.hide_checkouts)]
@@ -324,7 +332,7 @@ def _outside_system() -> list[str]:
     return sorted(found)
 
 
-def _reachability_covers(needed: Iterable[Path]) -> list[list[Any]]:
+def reachability_covers(needed: Iterable[Path]) -> list[list[Any]]:
     """Covers that let an unprivileged user reach ``needed`` through private parents.
 
     Python may live under a folder others cannot enter (such as /root/.pyenv): such a
@@ -349,7 +357,7 @@ def _is_within(path: Path, folder: Path) -> bool:
     return True
 
 
-def _needed_paths() -> list[Path]:
+def needed_paths() -> list[Path]:
     """What every kernel must be able to read: the interpreter, its packages, labkit."""
     return [
         Path(sys.base_prefix),
@@ -360,7 +368,7 @@ def _needed_paths() -> list[Path]:
     ]
 
 
-def _private_paths(
+def private_paths(
     submissions: Path, out: Path, key: Path | None, master: Path | None, root: Path
 ) -> list[str]:
     """What learner code must not see: other work, results, keys, masters, solutions."""
@@ -390,10 +398,10 @@ def _private_paths(
 
 
 def _contains_needed(folder: Path) -> bool:
-    return any(_is_within(p, folder) for p in _needed_paths() if p.exists())
+    return any(_is_within(p, folder) for p in needed_paths() if p.exists())
 
 
-def _limits(settings: Settings, tree_caps: bool) -> dict[str, int]:
+def box_limits(settings: Settings, tree_caps: bool) -> dict[str, int]:
     """Per-process limits (``tree_caps``: a cgroup caps the whole tree's memory and tasks).
 
     The per-process memory limit stays either way: one allocation larger than the cap then
@@ -581,7 +589,7 @@ def box_gaps(sandbox: bool = True) -> list[str]:
     return gaps
 
 
-def _kernel_env(settings: Settings, scratch: Path, user: str) -> dict[str, str]:
+def kernel_env(settings: Settings, scratch: Path, user: str) -> dict[str, str]:
     """A small, explicit environment: nothing of the grader's own leaks into the kernel."""
     env = {
         "PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin",
@@ -606,7 +614,7 @@ def _kernel_env(settings: Settings, scratch: Path, user: str) -> dict[str, str]:
     return env
 
 
-def _preflight(settings: Settings, user: tuple[int, int, str]) -> None:
+def preflight(settings: Settings, user: tuple[int, int, str]) -> None:
     """Check once that a sandboxed Python starts and can read labkit; explain if not."""
     run_dir = Path(settings.run_dir)
     scratch = Path(tempfile.mkdtemp(prefix="preflight-", dir=run_dir))
@@ -621,9 +629,9 @@ def _preflight(settings: Settings, user: tuple[int, int, str]) -> None:
         "uid": uid,
         "gid": gid,
         "cwd": str(scratch),
-        "covers": _covers(settings, scratch),
+        "covers": box_covers(settings, scratch),
         "chown": [],
-        "limits": _limits(settings, bool(groups)),
+        "limits": box_limits(settings, bool(groups)),
         "cgroups": groups,
         "network": settings.network,
     }
@@ -640,7 +648,7 @@ def _preflight(settings: Settings, user: tuple[int, int, str]) -> None:
         "bad = [p for p in sys.argv[1:] if not os.access(p, os.R_OK)]\n"
         "print('cannot read: ' + ', '.join(bad) if bad else os.getuid())"
     )
-    cmd = [sys.executable, "-I", "-S", "-c", _LAUNCHER, json.dumps(spec)]
+    cmd = [sys.executable, "-I", "-S", "-c", LAUNCHER, json.dumps(spec)]
     cmd += [sys.executable, "-I", "-c", probe, *needed]
     try:
         done = subprocess.run(
@@ -649,7 +657,7 @@ def _preflight(settings: Settings, user: tuple[int, int, str]) -> None:
             text=True,
             timeout=60,
             cwd=scratch,
-            env=_kernel_env(settings, scratch, name),
+            env=kernel_env(settings, scratch, name),
         )
     finally:
         caps.remove(groups)

@@ -14,7 +14,14 @@ from typing import Any
 
 from labkit.grader.settings import SCRATCH_BASE, GradingError
 
-__all__ = ["MAX_SLOTS", "USER_PREFIX", "Slots", "kill_user_processes", "tester_user"]
+__all__ = [
+    "MAX_SLOTS",
+    "USER_PREFIX",
+    "Slots",
+    "grading_user",
+    "kill_user_processes",
+    "tester_user",
+]
 
 
 USER_PREFIX = "labkit-grader-"
@@ -23,7 +30,7 @@ USER_PREFIX = "labkit-grader-"
 MAX_SLOTS = 32  # parallel grading workers per machine, across all grading runs
 
 
-def _grading_user(number: int) -> tuple[int, int, str]:
+def grading_user(number: int) -> tuple[int, int, str]:
     """The (uid, gid, name) of grading user ``number``, created if missing."""
     return _system_user(f"{USER_PREFIX}{number}")
 

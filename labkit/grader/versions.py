@@ -13,11 +13,22 @@ import nbformat
 
 from labkit.grader.exercise import KERNELSPEC, Exercise, MasterFormatError
 
-__all__: list[str] = []
+__all__ = [
+    "Cell",
+    "check_syntax",
+    "learner_code",
+    "notebook_bytes",
+    "notebook_names",
+    "refuse_leftover_markers",
+    "refuse_unmarked_solution",
+    "solution_code",
+    "undefined_names",
+    "with_boilerplate",
+]
 
 
 @dataclass
-class _Cell:
+class Cell:
     """A cell on its way into the generated notebooks."""
 
     kind: str
@@ -72,7 +83,7 @@ class _LearnerCode:
     raises: bool  # a placeholder inside a function became ``raise NotImplementedYet``
 
 
-def _learner_code(text: str, question: str | None, where: str) -> _LearnerCode:
+def learner_code(text: str, question: str | None, where: str) -> _LearnerCode:
     """The learner's view of a code cell: solutions become placeholders."""
     out: list[str] = []
     holes: dict[int, str | None] = {}  # output line -> assigned name (None: a statement)
@@ -164,7 +175,7 @@ def _inside_function(lines: list[str], index: int) -> bool:
     return False
 
 
-def _solution_code(text: str, where: str) -> str:
+def solution_code(text: str, where: str) -> str:
     """The solution view of a code cell: markers and learner prompts removed."""
     out: list[str] = []
     in_prompt = False
@@ -193,7 +204,7 @@ def _marks_a_solution(text: str) -> bool:
     )
 
 
-def _refuse_unmarked_solution(text: str, where: str) -> None:
+def refuse_unmarked_solution(text: str, where: str) -> None:
     """Stop when a code cell of a solution block would reach learners whole."""
     if _marks_a_solution(text):
         return
@@ -207,7 +218,7 @@ def _refuse_unmarked_solution(text: str, where: str) -> None:
     )
 
 
-def _refuse_leftover_markers(learner: str, where: str) -> None:
+def refuse_leftover_markers(learner: str, where: str) -> None:
     """Stop when a learner cell still holds something that reads like a solution marker."""
     for line in learner.splitlines():
         if _MARKER_LIKE.search(line):
@@ -240,7 +251,7 @@ def _parse_error(code: str) -> SyntaxError | None:
     return None
 
 
-def _check_syntax(solution: str, learner: str, where: str) -> list[str]:
+def check_syntax(solution: str, learner: str, where: str) -> list[str]:
     """Refuse a solution that does not parse; warn when the learner version does not."""
     if exc := _parse_error(solution):
         line = (exc.text or "").strip()
@@ -296,7 +307,7 @@ def _bound_names(tree: ast.AST) -> set[str] | None:
     return names
 
 
-def _notebook_names(cells: list[_Cell]) -> set[str] | None:
+def notebook_names(cells: list[Cell]) -> set[str] | None:
     """The names a notebook's code defines (None if that cannot be known)."""
     names: set[str] = set()
     for cell in cells:
@@ -312,7 +323,7 @@ def _notebook_names(cells: list[_Cell]) -> set[str] | None:
     return names
 
 
-def _undefined_names(test_code: str, function_style: bool, notebook: set[str]) -> list[str]:
+def undefined_names(test_code: str, function_style: bool, notebook: set[str]) -> list[str]:
     """Names a test reads that neither it, the solution notebook nor Python defines."""
     tree = ast.parse(test_code)
     own = _bound_names(tree)
@@ -343,22 +354,22 @@ def _init_source(exercise: Exercise, learner: bool, raises: bool) -> str:
     return "\n".join(lines)
 
 
-def _with_boilerplate(
-    cells: list[_Cell], exercise: Exercise, *, learner: bool, raises: bool, check_all: bool
-) -> list[_Cell]:
+def with_boilerplate(
+    cells: list[Cell], exercise: Exercise, *, learner: bool, raises: bool, check_all: bool
+) -> list[Cell]:
     """Add the setup cell (before the first code cell) and a check-everything cell."""
     if not any(q.tests for q in exercise.questions) and not raises:
         return list(cells)
-    init = _Cell("code", _init_source(exercise, learner, raises), "labkit-setup", [])
+    init = Cell("code", _init_source(exercise, learner, raises), "labkit-setup", [])
     first_code = next((i for i, c in enumerate(cells) if c.kind == "code"), len(cells))
     result = [*cells[:first_code], init, *cells[first_code:]]
     if check_all and any(q.tests for q in exercise.questions):
-        result.append(_Cell("markdown", "## Check everything", "check-all-title", []))
-        result.append(_Cell("code", "check_all()", "check-all", []))
+        result.append(Cell("markdown", "## Check everything", "check-all-title", []))
+        result.append(Cell("code", "check_all()", "check-all", []))
     return result
 
 
-def _notebook_bytes(cells: list[_Cell], name: str, version: str) -> bytes:
+def notebook_bytes(cells: list[Cell], name: str, version: str) -> bytes:
     """A clean notebook: no outputs, fixed metadata and cell ids, so the bytes are stable."""
     nb = nbformat.v4.new_notebook()  # type: ignore[no-untyped-call]
     nb.metadata = {

@@ -240,12 +240,12 @@ def test_a_process_that_joins_a_box_shares_its_files_and_network_not_its_process
         "gid": user.pw_gid,
         "cwd": str(folder),
         # As for kernels: Python may live where others cannot enter (such as /root).
-        "covers": sandbox._reachability_covers(sandbox._needed_paths()),
+        "covers": sandbox.reachability_covers(sandbox.needed_paths()),
         "chown": [],
         "limits": {},
         "network": "runtime",
     }
-    launcher = [sys.executable, "-I", "-S", "-c", sandbox._LAUNCHER]
+    launcher = [sys.executable, "-I", "-S", "-c", sandbox.LAUNCHER]
     kernel_side = (
         "import socket, sys, time\n"
         "s = socket.socket()\n"

@@ -51,7 +51,7 @@ def test_csv_cells_that_start_a_formula_are_text() -> None:
 
 def test_the_gradebook_shows_a_formula_name_as_text(tmp_path: Path) -> None:
     results = [_result(FORMULA, notes=["-1 + @cmd", "fine"]), _result("bob", 1.0)]
-    report._write_book(tmp_path, _exercise(), results, "key")
+    report.write_book(tmp_path, _exercise(), results, "key")
     rows = list(csv.reader((tmp_path / "gradebook.csv").open(encoding="utf-8")))
     assert rows[1][0] == "'" + FORMULA  # "'=HYPERLINK(...)": read back, the quote is there
     assert rows[1][-1] == "'-1 + @cmd | fine"
@@ -88,7 +88,7 @@ def test_hidden_detail_goes_to_the_instructor_only(tmp_path: Path) -> None:
     result = _result("alice")
     result["tests"][1]["detail"] = detail
     result["tests"][1]["message"] = "A hidden check failed."
-    report._write_outputs(tmp_path, _exercise(), [result], "key")
+    report.write_outputs(tmp_path, _exercise(), [result], "key")
     assert "floats" not in (tmp_path / "feedback" / "alice.md").read_text()
     assert "floats" not in (tmp_path / "gradebook.csv").read_text()
     notes = (tmp_path / "instructor" / "alice.md").read_text()
@@ -152,7 +152,7 @@ def test_rows_are_kept_as_they_come_and_a_stopped_run_grades_only_the_rest(
     book.write()
     result = report.tidy_result(_result("ben", 1.0, sha256="ben"), frozenset())
     book.add(result)  # as a run adds each result: its files, its line, the gradebook
-    report._journal(tmp_path, "key", result)
+    report.append_journal(tmp_path, "key", result)
     book.write(state=False)  # the run is killed here: ann and cal were never finished
     rows = {r["learner"]: r for r in csv.DictReader((tmp_path / "gradebook.csv").open())}
     assert list(rows) == ["ann", "ben", "cal", "zed"]
@@ -167,7 +167,7 @@ def test_rows_are_kept_as_they_come_and_a_stopped_run_grades_only_the_rest(
     again = run.to_grade(subs, kept)
     assert [s.learner for s in again] == ["ann", "cal"]
     # The next run writes the whole state again, the journal folded in.
-    report._write_book(tmp_path, exercise, list(kept.values()), "key")
+    report.write_book(tmp_path, exercise, list(kept.values()), "key")
     assert not (tmp_path / report.JOURNAL).exists()
     assert list(json.loads((tmp_path / report.STATE).read_text())["results"]) == ["ben"]
 
