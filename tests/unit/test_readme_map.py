@@ -1,4 +1,8 @@
-"""The README's "Read the code" table is true: files exist, are short, and lessons name them."""
+"""The README's "Read the code" table is true: files exist, are short, and lessons name them.
+
+A row may name a folder (``labkit/rag/``): every ``.py`` file under it is then on the map
+through that row, and must be as short as a file the table names itself.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +21,9 @@ for _path in sorted((ROOT / "notebooks").glob("0*.ipynb")):
     )
 # Kit machinery, not for lessons: the command line and the package's own entry points.
 NOT_FOR_LEARNERS = {"__init__.py", "__main__.py", "cli.py"}
+# Subpackages that are the kit's machinery: the README says so below the table, and no
+# lesson opens them, so their files are not held to the limit.
+MACHINERY = {"labkit/runtime/", "labkit/course/", "labkit/grader/"}
 
 
 def _rows() -> list[tuple[list[str], list[int]]]:
@@ -38,8 +45,16 @@ def _rows() -> list[tuple[list[str], list[int]]]:
 ROWS = _rows()
 
 
+FOLDERS = [f for files, _ in ROWS for f in files if f.endswith("/")]
+# Every Python file a folder row puts on the map.
+UNDER_FOLDERS = sorted(
+    p.relative_to(ROOT).as_posix() for folder in FOLDERS for p in (ROOT / folder).rglob("*.py")
+)
+
+
 def test_the_table_is_found() -> None:
     assert len(ROWS) >= 10
+    assert FOLDERS and len(UNDER_FOLDERS) > len(FOLDERS)  # the folder rows hold files
 
 
 @pytest.mark.parametrize("path", [f for files, _ in ROWS for f in files])
@@ -49,6 +64,20 @@ def test_each_file_exists_and_is_short(path: str) -> None:
     if target.suffix == ".py":
         lines = len(target.read_text(encoding="utf-8").splitlines())
         assert lines <= LIMIT, f"{path} has {lines} lines; split it by concept"
+
+
+@pytest.mark.parametrize("path", UNDER_FOLDERS)
+def test_each_file_under_a_folder_row_is_short(path: str) -> None:
+    lines = len((ROOT / path).read_text(encoding="utf-8").splitlines())
+    folder = next(f for f in FOLDERS if path.startswith(f))
+    assert lines <= LIMIT, f"{path} has {lines} lines (on the map through {folder}); split it"
+
+
+def test_every_subpackage_is_a_row_or_named_as_machinery() -> None:
+    packages = {f"labkit/{p.parent.name}/" for p in (ROOT / "labkit").glob("*/__init__.py")}
+    section = README.split("## Read the code", 1)[1].split("\n## ", 1)[0]
+    assert all(f"`{folder}`" in section for folder in MACHINERY), "README names the machinery"
+    assert sorted(packages - set(FOLDERS) - MACHINERY) == []
 
 
 def test_every_learner_module_is_on_the_map() -> None:
