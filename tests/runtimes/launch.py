@@ -1,16 +1,19 @@
-"""Start another kind of runtime for the notebook matrix: plain llama.cpp, or an OpenAI-only URL.
+"""The other kinds of runtime for the notebook matrix: plain llama.cpp, and an OpenAI-only URL.
 
-``python tests/runtimes/launch.py llamacpp RECORD`` starts two llama.cpp servers the way a
-learner would (one for chat, one started for embeddings with mean pooling; no model aliases,
-so each is named by its file). ``openai-only`` also puts a small router on one address in
-front of them that speaks only ``/v1/*`` and names the models as LM Studio does. When
-everything answers, the addresses go into RECORD (JSON); the process serves until SIGTERM.
+``python tests/runtimes/launch.py RECORD`` starts two llama.cpp servers the way a learner would
+(one for chat, one started for embeddings with mean pooling; no model aliases, so each is named
+by its file), and a small router on one address in front of them that speaks only ``/v1/*``
+and names the models as LM Studio does. The embedding server is reached through a cache (see
+``embedding_front``). When everything answers, the addresses go into RECORD (JSON):
+``chat_url`` and ``embed_url`` (the plain llama.cpp pair) and ``openai_url`` (the router). The
+process serves until SIGTERM.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import os
 import signal
@@ -44,17 +47,105 @@ def start_llama(model: Path, *, embedding: bool, threads: int) -> Any:
     return xllamacpp.Server(params)
 
 
-async def router(chat_url: str, embed_url: str, stop: asyncio.Event) -> str:
-    """An OpenAI-only address in front of both servers, with LM Studio's model ids."""
+def _session() -> Any:
     import aiohttp
-    from aiohttp import web
 
     # A new connection per request, as the kit's own front does: llama.cpp closes idle
     # keep-alive connections, and reusing one it just closed turns into a spurious 500 here.
-    session = aiohttp.ClientSession(
+    return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(force_close=True),
         timeout=aiohttp.ClientTimeout(total=None),
     )
+
+
+async def _serve_app(app: Any, stop: asyncio.Event) -> str:
+    """Serve ``app`` on a free loopback port until ``stop``; its address."""
+    from aiohttp import web
+
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", runtime.free_port())
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    asyncio.get_running_loop().create_task(_cleanup_on(stop, runner))
+    return f"http://127.0.0.1:{port}"
+
+
+# Headers that belong to one connection, not to the message: never copied across.
+_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host", "upgrade"}
+
+
+async def embedding_front(embed_url: str, stop: asyncio.Event) -> str:
+    """The embedding server, behind a cache of its embeddings: the same request is answered once.
+
+    Both kinds of runtime use this one server, and a lesson embeds the same handbook on each:
+    the second kind gets the first one's vectors (byte for byte what the server sent), and
+    everything else passes through untouched.
+    """
+    from aiohttp import web
+
+    session = _session()
+    cache: dict[str, tuple[int, str, bytes]] = {}
+
+    async def forward(request: web.Request) -> web.Response:
+        body = await request.read()
+        cacheable = request.method == "POST" and "embed" in request.path
+        asked, key = _embedding_key(request.path_qs, body) if cacheable else (None, "")
+        if key in cache:
+            status, kind, data = cache[key]
+            return web.Response(status=status, body=_named(data, asked), content_type=kind)
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
+        async with session.request(
+            request.method, embed_url + request.path_qs, data=body, headers=headers
+        ) as upstream:
+            data = await upstream.read()
+            reply = web.Response(status=upstream.status, body=data)
+            for name, value in upstream.headers.items():
+                if name.lower() not in _HOP:
+                    reply.headers[name] = value
+            if key and upstream.status == 200:
+                cache[key] = (upstream.status, upstream.content_type, data)
+            return reply
+
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app.router.add_route("*", "/{tail:.*}", forward)
+    app.on_cleanup.append(lambda _: session.close())
+    return await _serve_app(app, stop)
+
+
+def _embedding_key(path: str, body: bytes) -> tuple[Any, str]:
+    """The model a request names, and a key for it that leaves the model name out.
+
+    A llama.cpp server serves its one model whatever name it is given; each kind of runtime
+    names it differently (by its file, or LM Studio's id), and should share the vectors.
+    """
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None, ""
+    if not isinstance(data, dict):
+        return None, ""
+    asked = data.pop("model", None)
+    text = path + "\n" + json.dumps(data, sort_keys=True)
+    return asked, hashlib.sha256(text.encode()).hexdigest()
+
+
+def _named(data: bytes, model: Any) -> bytes:
+    """A cached answer naming the model this request asked for, as llama.cpp's own would."""
+    if model is None:
+        return data
+    answer = json.loads(data)
+    if isinstance(answer, dict) and "model" in answer:
+        answer["model"] = model
+        return json.dumps(answer).encode()
+    return data
+
+
+async def router(chat_url: str, embed_url: str, stop: asyncio.Event) -> str:
+    """An OpenAI-only address in front of both servers, with LM Studio's model ids."""
+    from aiohttp import web
+
+    session = _session()
 
     async def models(_: web.Request) -> web.Response:
         data = [
@@ -91,13 +182,7 @@ async def router(chat_url: str, embed_url: str, stop: asyncio.Event) -> str:
     app.router.add_route("*", "/v1/{tail:.*}", forward)
     app.router.add_route("*", "/{tail:.*}", elsewhere)
     app.on_cleanup.append(lambda _: session.close())
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", runtime.free_port())
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    asyncio.get_running_loop().create_task(_cleanup_on(stop, runner))
-    return f"http://127.0.0.1:{port}"
+    return await _serve_app(app, stop)
 
 
 async def _cleanup_on(stop: asyncio.Event, runner: Any) -> None:
@@ -105,7 +190,7 @@ async def _cleanup_on(stop: asyncio.Event, runner: Any) -> None:
     await runner.cleanup()
 
 
-async def serve(kind: str, record: Path, threads: int) -> None:
+async def serve(record: Path, threads: int) -> None:
     """Start the servers, write the record, serve until asked to stop."""
     chat = start_llama(runtime.chat_model_path(), embedding=False, threads=threads)
     embed = start_llama(runtime.embed_model_path(), embedding=True, threads=threads)
@@ -115,12 +200,12 @@ async def serve(kind: str, record: Path, threads: int) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    info = {"kind": kind, "chat_url": chat.listening_address, "embed_url": embed.listening_address}
-    if kind == "llamacpp":
-        info |= {"base_url": info["chat_url"], "labkit_embed_url": info["embed_url"]}
-    else:
-        url = await router(chat.listening_address, embed.listening_address, stop)
-        info |= {"base_url": url, "labkit_embed_url": ""}
+    embed_url = await embedding_front(embed.listening_address, stop)
+    info = {
+        "chat_url": chat.listening_address,
+        "embed_url": embed_url,
+        "openai_url": await router(chat.listening_address, embed_url, stop),
+    }
     tmp = record.with_suffix(".tmp")
     tmp.write_text(json.dumps(info, indent=1))
     tmp.replace(record)
@@ -132,11 +217,10 @@ async def serve(kind: str, record: Path, threads: int) -> None:
 def main() -> None:
     """Parse the arguments and serve."""
     parser = argparse.ArgumentParser()
-    parser.add_argument("kind", choices=("llamacpp", "openai-only"))
     parser.add_argument("record", type=Path)
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 2))
     args = parser.parse_args()
-    asyncio.run(serve(args.kind, args.record, args.threads))
+    asyncio.run(serve(args.record, args.threads))
 
 
 if __name__ == "__main__":

@@ -4,23 +4,28 @@
 * ``llamacpp`` — two plain llama.cpp servers, chat on one address and embeddings on a second
   (``LABKIT_EMBED_URL``); no ``/api/*``, and each model is named by its file;
 * ``openai-only`` — one address that speaks only ``/v1/*`` and names the models as LM Studio
-  does (``smollm2-135m-instruct``, ``text-embedding-all-minilm-l6-v2``).
+  does (``smollm2-135m-instruct``, ``text-embedding-all-minilm-l6-v2``), in front of the same
+  two llama.cpp servers.
 
 Lessons and exercises must run without an error (exercises are expected to lose points: they
 are the learner's starting point). Solutions are graded with the grader, hidden tests included,
 and must get full marks. The kit's runtime runs lessons and exercises in the main nbval run
-already, so here it only grades the solutions.
+already, so here it only grades the solutions (nbval does not run them again).
+
+Each kind of runtime is started once for the whole run and shared by every xdist worker, so
+each notebook here is a test of its own that either worker can take.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,68 +42,82 @@ LAUNCH = Path(__file__).with_name("launch.py")
 LESSONS = sorted(p.name for p in (ROOT / "notebooks").glob("[0-9]*.ipynb"))
 EXERCISES = sorted(p.name for p in (ROOT / "exercises").glob("[0-9]*.ipynb"))
 CELL_TIMEOUT = 600
+START_TIMEOUT = 180  # s for the llama.cpp pair to answer on a busy machine
+OTHERS = [pytest.param(kind, marks=pytest.mark.matrix) for kind in ("llamacpp", "openai-only")]
 
 
+@dataclass(frozen=True)
 class Served:
-    """A runtime started for the matrix: its environment for kernels, and how to stop it."""
+    """One kind of runtime: the environment a learner's kernel gets for it."""
 
-    def __init__(self, kind: str, env: dict[str, str], process: subprocess.Popen[bytes] | None):
-        self.kind, self.env, self.process = kind, env, process
-
-    def stop(self) -> None:
-        # Exercise 1 starts the kit's runtime under this LABKIT_HOME when no Ollama-dialect
-        # runtime answers on a known port: stop it with the rest.
-        runtime.down(state_dir=Path(self.env["LABKIT_HOME"]), say=False)
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+    kind: str
+    env: dict[str, str]
 
 
 def _env(base_url: str, embed_url: str, home: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LABKIT_", "OLLAMA_"))}
-    env |= {"LABKIT_BASE_URL": base_url, "LABKIT_HOME": str(home), "PYTHONPATH": str(ROOT)}
+    # A private temporary folder too: the same notebook may run on another kind at once.
+    (home / "tmp").mkdir(parents=True, exist_ok=True)
+    env |= {"LABKIT_HOME": str(home), "PYTHONPATH": str(ROOT), "TMPDIR": str(home / "tmp")}
+    env["LABKIT_BASE_URL"] = base_url
     if embed_url:
         env["LABKIT_EMBED_URL"] = embed_url
     return env
 
 
-def start(kind: str, home: Path) -> Served:
-    """Start one kind of runtime (the kit's is already running) and wait until it answers."""
-    home.mkdir(parents=True, exist_ok=True)
+def _launch(folder: Path) -> dict[str, str]:
+    """Start launch.py in a session of its own; the pytest controller stops it at the end."""
+    record, log_path = folder / "runtime.json", folder / "launch.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, str(LAUNCH), str(record)],
+            stdout=log,
+            stderr=log,
+            env=_env("", "", folder / "launcher-home"),
+            start_new_session=True,  # its own process group: stopped as one, by conftest
+        )
+    (folder.parent / "matrix.pid").write_text(str(process.pid))
+    deadline = time.monotonic() + START_TIMEOUT
+    while not record.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            why = f"the llama.cpp pair did not start; log: {log_path}"
+            (folder / "failed").write_text(why)
+            pytest.fail(why)
+        # The launcher writes the record only once every server answers: nothing to wait on
+        # but the file itself.
+        time.sleep(0.2)
+    return dict(json.loads(record.read_text()))
+
+
+@pytest.fixture(scope="session")
+def pair(shared_dir: Path) -> dict[str, str]:
+    """The llama.cpp pair and its OpenAI-only router: started by the first worker to ask."""
+    folder = shared_dir / "matrix"
+    folder.mkdir(exist_ok=True)
+    with (folder / "lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the other workers wait here while it starts
+        if (folder / "failed").exists():
+            pytest.fail((folder / "failed").read_text())
+        if (folder / "runtime.json").exists():
+            return dict(json.loads((folder / "runtime.json").read_text()))
+        return _launch(folder)
+
+
+def served(kind: str, request: pytest.FixtureRequest) -> Served:
+    """The environment for one kind of runtime (its LABKIT_HOME is shared across workers)."""
+    shared: Path = request.getfixturevalue("shared_dir")
+    # Exercise 1 starts the kit's runtime under this LABKIT_HOME when no Ollama-dialect
+    # runtime answers on a known port; conftest stops it with the rest.
+    home = shared / f"matrix-{kind}" / "labkit-home"
     if kind == "kit":
         record = runtime.read_record()
         assert record is not None, "the kit's runtime should have been started by conftest"
-        return Served(kind, _env(record.url, "", home), None)
-    info = home / "runtime.json"
-    log = (home / "launch.log").open("wb")
-    env = _env("", "", home)
-    process = subprocess.Popen(
-        [sys.executable, str(LAUNCH), kind, str(info)], stdout=log, stderr=log, env=env
-    )
-    deadline = time.monotonic() + 120
-    while not info.exists():
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"{kind} runtime did not start; log: {home / 'launch.log'}")
-        time.sleep(0.2)
-    data = json.loads(info.read_text())
-    return Served(kind, _env(data["base_url"], data["labkit_embed_url"], home), process)
-
-
-@pytest.fixture(scope="class")
-def served(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Served]:
-    """The runtime named by the test class, for the whole class."""
-    kind: str = request.cls.kind
-    home = tmp_path_factory.mktemp(f"runtime-{kind}")
-    rt = start(kind, home)
-    yield rt
-    rt.stop()
+        return Served(kind, _env(record.url, "", home))
+    urls = request.getfixturevalue("pair")
+    if kind == "llamacpp":
+        return Served(kind, _env(urls["chat_url"], urls["embed_url"], home))
+    return Served(kind, _env(urls["openai_url"], "", home))
 
 
 def run_notebook(path: Path, env: dict[str, str]) -> nbformat.NotebookNode:
@@ -157,52 +176,34 @@ def assert_full_marks(result: dict[str, Any], where: str) -> None:
     )
 
 
-class Matrix:
-    """One runtime: every lesson and exercise runs, every solution gets full marks."""
-
-    kind = ""
-    lessons = True
-
-    @pytest.mark.parametrize("name", LESSONS)
-    def test_lesson_runs(self, served: Served, name: str) -> None:
-        if not self.lessons:
-            pytest.skip("the main nbval run covers the lessons on the kit's runtime")
-        run_notebook(ROOT / "notebooks" / name, served.env)
-
-    @pytest.mark.parametrize("name", EXERCISES)
-    def test_exercise_runs(self, served: Served, name: str) -> None:
-        if not self.lessons:
-            pytest.skip("the main nbval run covers the exercises on the kit's runtime")
-        run_notebook(ROOT / "exercises" / name, served.env)
-
-    @pytest.mark.parametrize("name", EXERCISES)
-    def test_solution_gets_full_marks(self, served: Served, name: str, tmp_path: Path) -> None:
-        assert_full_marks(grade_solution(name, served, tmp_path), f"the {self.kind} runtime")
+@pytest.mark.parametrize("kind", OTHERS)
+@pytest.mark.parametrize("name", LESSONS)
+def test_lesson_runs(name: str, kind: str, request: pytest.FixtureRequest) -> None:
+    run_notebook(ROOT / "notebooks" / name, served(kind, request).env)
 
 
-class TestKitRuntime(Matrix):
-    kind = "kit"
-    lessons = False
+@pytest.mark.parametrize("kind", OTHERS)
+@pytest.mark.parametrize("name", EXERCISES)
+def test_exercise_runs(name: str, kind: str, request: pytest.FixtureRequest) -> None:
+    run_notebook(ROOT / "exercises" / name, served(kind, request).env)
 
 
-class TestPlainLlamaCpp(Matrix):
-    kind = "llamacpp"
+@pytest.mark.parametrize("kind", ["kit", *OTHERS])
+@pytest.mark.parametrize("name", EXERCISES)
+def test_solution_gets_full_marks(
+    name: str, kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    rt = served(kind, request)
+    assert_full_marks(grade_solution(name, rt, tmp_path), f"the {kind} runtime")
 
 
-class TestOpenAIOnly(Matrix):
-    kind = "openai-only"
-
-
+@pytest.mark.matrix
 def test_setup_notebook_explains_a_missing_embedding_model(
-    tmp_path_factory: pytest.TempPathFactory,
+    pair: dict[str, str], shared_dir: Path
 ) -> None:
     """A llama.cpp chat server alone: the setup notebook says what to start, and passes."""
-    rt = start("llamacpp", tmp_path_factory.mktemp("runtime-chat-only"))
-    try:
-        env = {k: v for k, v in rt.env.items() if k != "LABKIT_EMBED_URL"}
-        nb = run_notebook(ROOT / "notebooks/00-check-your-setup.ipynb", env)
-    finally:
-        rt.stop()
+    env = _env(pair["chat_url"], "", shared_dir / "matrix-chat-only" / "labkit-home")
+    nb = run_notebook(ROOT / "notebooks/00-check-your-setup.ipynb", env)
     printed = "".join(out.get("text", "") for cell in nb.cells for out in cell.get("outputs", []))
     assert "--embeddings --pooling mean" in printed and "LABKIT_EMBED_URL" in printed, printed
     assert "embeddings skipped" in printed and "✅ streaming works" in printed, printed
