@@ -102,9 +102,12 @@ def kernel_start_forked(runs: int, sandbox: bool, key: Path) -> float:
     os.chmod(run_dir, 0o711)
     url = discovery.find_runtime().url
     settings = grading.Settings(
-        exercise=exercise, runtime_url=url, sandbox=sandbox, run_dir=run_dir
+        exercise=exercise,
+        options=grading.GradeOptions(sandbox=sandbox),
+        runtime_url=url,
+        reach=reachability_covers(needed_paths()),
+        run_dir=run_dir,
     )
-    settings.reach = reachability_covers(needed_paths())
     slots = grading.Slots(1)
     number = slots.numbers[0]
     users = [grading_user(2 * number + k) for k in (0, 1)]
@@ -152,15 +155,17 @@ def grade_timed(
         subs,
         assign.load_key(key),
         out,
+        grading.GradeOptions(
+            workers=workers,
+            timeout=timeout,
+            regrade=True,
+            sandbox=sandbox,
+            cache=cache,
+            progress=False,
+        ),
         runtime_url=url,
-        workers=workers,
-        timeout=timeout,
-        regrade=True,
-        sandbox=sandbox,
-        cache=cache,
         key_path=key,
         root=root or key.parent.parent.parent,
-        progress=False,
         say=lambda _: None,
     )
     return time.perf_counter() - start, report

@@ -240,6 +240,7 @@ def validate(master: Path, g: Generated, *, runtime_url: str, timeout: float = 3
     The solution is the instructor's own code, so it runs without the sandbox (no root
     needed). What it scored is kept in a folder named in the answer when it falls short.
     """
+    from labkit.grader.options import GradeOptions
     from labkit.grader.run import grade
 
     work = Path(tempfile.mkdtemp(prefix=f"labkit-validate-{g.exercise.name}-"))
@@ -251,13 +252,10 @@ def validate(master: Path, g: Generated, *, runtime_url: str, timeout: float = 3
             subs,
             g.exercise,
             work / "graded",
+            GradeOptions(workers=1, timeout=timeout, sandbox=False, progress=False),
             runtime_url=runtime_url,
-            workers=1,
-            timeout=timeout,
-            sandbox=False,
             master_path=master.resolve(),
             root=master.resolve().parent,
-            progress=False,
             say=lambda _: None,
         )
     except BaseException:

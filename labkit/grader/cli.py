@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_arguments", "cli", "hide_from_command_line"]
+from labkit.grader.options import NETWORKS, GradeOptions
+
+__all__ = ["add_arguments", "cli", "grade_options", "hide_from_command_line"]
 
 
 def add_arguments(parser: Any) -> None:
@@ -16,34 +18,45 @@ def add_arguments(parser: Any) -> None:
     which.add_argument("--master", help="grade against this master notebook directly")
     parser.add_argument("--root", default=".", help="course folder with grading/ (default: .)")
     parser.add_argument("--out", help="results folder (default: SUBMISSIONS-grades next to it)")
-    parser.add_argument("--workers", type=int, default=2, help="parallel kernels (default 2)")
+    default = GradeOptions()  # one set of defaults, for the command and for scripts
     parser.add_argument(
-        "--timeout", type=float, default=60.0, help="seconds per cell and per test (default 60)"
+        "--workers",
+        type=int,
+        default=default.workers,
+        help=f"parallel kernels (default {default.workers})",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=default.timeout,
+        help=f"seconds per cell and per test (default {default.timeout:g})",
     )
     parser.add_argument("--regrade", action="store_true", help="grade unchanged notebooks too")
     parser.add_argument(
         "--memory-mb",
         type=int,
-        default=4096,
-        help="memory cap for each kernel and every process it starts, together (default 4096)",
+        default=default.memory_mb,
+        help="memory cap for each kernel and every process it starts, together "
+        f"(default {default.memory_mb})",
     )
     parser.add_argument(
         "--disk-mb",
         type=int,
-        default=512,
-        help="scratch disk of each kernel, temp folders included (default 512)",
+        default=default.disk_mb,
+        help=f"scratch disk of each kernel, temp folders included (default {default.disk_mb})",
     )
     parser.add_argument(
         "--notebook-timeout",
         type=float,
-        default=600.0,
-        help="wall-time seconds per notebook, re-runs included (default 600)",
+        default=default.notebook_timeout,
+        help="wall-time seconds per notebook, re-runs included "
+        f"(default {default.notebook_timeout:g})",
     )
     parser.add_argument(
         "--max-notebook-mb",
         type=float,
-        default=20.0,
-        help="notebooks larger than this are not graded (default 20)",
+        default=default.max_notebook_mb,
+        help=f"notebooks larger than this are not graded (default {default.max_notebook_mb:g})",
     )
     parser.add_argument("--runtime", help="model runtime URL for the kernels (default: found)")
     parser.add_argument(
@@ -53,8 +66,8 @@ def add_arguments(parser: Any) -> None:
     )
     parser.add_argument(
         "--network",
-        choices=["runtime", "host"],
-        default="runtime",
+        choices=NETWORKS,
+        default=default.network,
         help="runtime: kernels reach only the model runtime (default); host: the machine's network",
     )
     parser.add_argument(
@@ -73,7 +86,7 @@ def cli(args: Any) -> int:
     from labkit.grader.run import find_key, grade
     from labkit.grader.sandbox import box_gaps
 
-    _check_limits(args)
+    options = grade_options(args)
     root = Path(args.root)
     submissions = Path(args.submissions).resolve()
     hide_from_command_line(args.submissions)
@@ -86,13 +99,29 @@ def cli(args: Any) -> int:
         exercise = assign.load_key(key_path)
     out = Path(args.out) if args.out else submissions.with_name(submissions.name + "-grades")
     url = args.runtime or discovery.find_runtime(start=True).url
-    for gap in box_gaps(sandbox=not args.no_sandbox):  # never a weaker box in silence
+    for gap in box_gaps(sandbox=options.sandbox):  # never a weaker box in silence
         print(f"Not enforced here: {gap}")
     report = grade(
         submissions,
         exercise,
         out,
+        options,
         runtime_url=url,
+        key_path=key_path,
+        master_path=master_path,
+        root=root,
+    )
+    totals = [r["total"] for r in report.results]
+    print(
+        f"{exercise.name}: {len(totals)} learners, mean {sum(totals) / len(totals):.2f} "
+        f"of {exercise.possible:g}; see {out / 'gradebook.csv'} and {out / 'feedback'}/"
+    )
+    return 0
+
+
+def grade_options(args: Any) -> GradeOptions:
+    """The grading options that parsed ``labkit grade`` arguments ask for (checked)."""
+    return GradeOptions(
         workers=args.workers,
         timeout=args.timeout,
         regrade=args.regrade,
@@ -103,35 +132,8 @@ def cli(args: Any) -> int:
         max_notebook_mb=args.max_notebook_mb,
         network=args.network,
         cache=not args.no_cache,
-        key_path=key_path,
-        master_path=master_path,
-        root=root,
         progress=not args.quiet,
     )
-    totals = [r["total"] for r in report.results]
-    print(
-        f"{exercise.name}: {len(totals)} learners, mean {sum(totals) / len(totals):.2f} "
-        f"of {exercise.possible:g}; see {out / 'gradebook.csv'} and {out / 'feedback'}/"
-    )
-    return 0
-
-
-def _check_limits(args: Any) -> None:
-    """Refuse limits no notebook could be graded under, naming the option to fix."""
-    from labkit.grader.settings import GradingError
-
-    smallest = {
-        "--memory-mb": (args.memory_mb, 256),
-        "--disk-mb": (args.disk_mb, 16),
-        "--timeout": (args.timeout, 1),
-        "--notebook-timeout": (args.notebook_timeout, 10),
-        "--max-notebook-mb": (args.max_notebook_mb, 0.01),
-    }
-    for option, (value, least) in smallest.items():
-        if value < least:
-            raise GradingError(
-                f"{option} {value:g} is too small to grade anything; use {least:g} or more."
-            )
 
 
 def hide_from_command_line(text: str) -> bool:

@@ -54,6 +54,7 @@ list, and what a machine cannot enforce, is ``ISOLATION``.
 from __future__ import annotations
 
 from labkit.grader.cli import add_arguments, cli
+from labkit.grader.options import GradeOptions
 from labkit.grader.report import feedback, pass_rates
 from labkit.grader.run import GradeReport, find_key, find_submissions, grade, to_grade
 from labkit.grader.sandbox import ISOLATION, enter_sandbox
@@ -63,6 +64,7 @@ from labkit.grader.users import Slots, kill_user_processes
 __all__ = [
     "ISOLATION",
     "SCRATCH_BASE",
+    "GradeOptions",
     "GradeReport",
     "GradingError",
     "Settings",

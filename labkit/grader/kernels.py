@@ -354,12 +354,12 @@ class Worker:
         self.users = users
         self.turn = 0
         self.boxes = 0
-        self.cgroups = cgroups() if settings.sandbox else Cgroups("")
+        self.cgroups = cgroups() if settings.options.sandbox else Cgroups("")
         if self.cgroups.version:  # boxes a killed run of these users left behind
             self.cgroups.sweep(f"{name}." for _, _, name in users)
         # Scratch disks are mounted in a mount namespace of this worker's (made while it
         # has one thread, as unshare requires), so they vanish with it however it ends.
-        self.own_mounts = settings.sandbox and _own_mount_namespace()
+        self.own_mounts = settings.options.sandbox and _own_mount_namespace()
         self.zygote = _Zygote()  # first: before the event loop and zmq start threads
         self.loop = asyncio.new_event_loop()
         asyncio.set_event_loop(self.loop)
@@ -382,12 +382,12 @@ class Worker:
         scratch = box / "scratch"
         groups: list[str] = []
         try:
-            if settings.sandbox:
-                _mount_scratch_disk(box, settings.disk_mb)
+            if settings.options.sandbox:
+                _mount_scratch_disk(box, settings.options.disk_mb)
                 self.boxes += 1
                 if self.cgroups.version:
                     groups = self.cgroups.create(
-                        f"{name}.{os.getpid()}.{self.boxes}", settings.memory_mb
+                        f"{name}.{os.getpid()}.{self.boxes}", settings.options.memory_mb
                     )
             scratch.mkdir()
             km = AsyncKernelManager(
@@ -402,7 +402,7 @@ class Worker:
             )
             provisioner.zygote = self.zygote
             km.provisioner = provisioner
-            if settings.sandbox:
+            if settings.options.sandbox:
                 os.chown(scratch, uid, gid)
                 os.chmod(scratch, 0o700)
                 temp_folders(box / "temp")
@@ -413,7 +413,7 @@ class Worker:
                     "covers": box_covers(settings, scratch, box / "temp"),
                     "chown": [str(scratch / "kernel.json")],
                     "limits": box_limits(settings, bool(groups)),
-                    "network": settings.network,
+                    "network": settings.options.kernel_network,
                     "cgroups": groups,
                 }
             await km.start_kernel(cwd=str(scratch), env=kernel_env(settings, scratch, name))
@@ -423,7 +423,7 @@ class Worker:
             raise
         # Sandboxed, the pid is the box's init: the kernel's parent and process group.
         kernel = Kernel(km, scratch, uid, gid, provisioner.pid, box, groups)
-        if settings.sandbox and settings.network == "runtime":
+        if settings.options.sandbox and settings.options.kernel_network == "runtime":
             try:
                 port = urlsplit(settings.runtime_url).port or 80
                 pid = provisioner.pid
@@ -452,7 +452,7 @@ class Worker:
             await kernel.forwarder.close()
         if kernel.embed_forwarder is not None:
             await kernel.embed_forwarder.close()
-        if self.settings.sandbox:
+        if self.settings.options.sandbox:
             # Waits until no process of the box is left (its cgroup is empty), then the
             # user's processes anywhere: what the box holds can no longer outlive it.
             self.cgroups.remove(kernel.cgroups)
@@ -467,7 +467,7 @@ class Worker:
             with contextlib.suppress(Exception):
                 kernel = self.loop.run_until_complete(self.next)
                 self.loop.run_until_complete(self.stop_kernel(kernel))
-        if self.settings.sandbox:
+        if self.settings.options.sandbox:
             kill_user_processes(u for u, _, _ in self.users)
         self.zygote.close()
 

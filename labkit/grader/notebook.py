@@ -41,8 +41,8 @@ def init_worker(settings: Settings, slots: Any) -> None:
     global _WORKER, _TESTER_USER
     number = slots.get()
     users = [grading_user(2 * number), grading_user(2 * number + 1)]
-    tester = tester_user(number) if settings.sandbox else None
-    if not settings.sandbox:
+    tester = tester_user(number) if settings.options.sandbox else None
+    if not settings.options.sandbox:
         me = os.getuid(), os.getgid(), pwd.getpwuid(os.getuid()).pw_name
         users = [me, me]
         tester = me
@@ -84,7 +84,7 @@ def grade_in_worker(submission: Submission) -> dict[str, Any]:
 
 def _budget(settings: Settings) -> float:
     """The most time one notebook may take, all cells, tests and restarts included."""
-    return float(settings.notebook_timeout)
+    return float(settings.options.notebook_timeout)
 
 
 def empty_result(exercise: Exercise, sub: Submission, status: list[str]) -> dict[str, Any]:
@@ -199,7 +199,7 @@ def _prepare_scratch(settings: Settings, kernel: Kernel, raw: bytes) -> None:
         path = kernel.scratch / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(content)
-        if settings.sandbox:  # the learner's files belong to the grading user
+        if settings.options.sandbox:  # the learner's files belong to the grading user
             for part in [Path(rel), *Path(rel).parents]:
                 if part != Path("."):
                     os.chown(kernel.scratch / part, kernel.uid, kernel.gid)
@@ -216,7 +216,7 @@ async def _run_once(worker: Worker, kernel: Kernel, run: _Run, raw: bytes) -> bo
     client = client_class(
         run.nb,
         kernel.km,
-        timeout=max(1, round(settings.timeout)),
+        timeout=max(1, round(settings.options.timeout)),
         interrupt_on_timeout=False,
         allow_errors=True,
         record_timing=False,
@@ -272,7 +272,7 @@ async def _run_once(worker: Worker, kernel: Kernel, run: _Run, raw: bytes) -> bo
             if outcome == "timeout":
                 run.skip.add(index)
                 run.flags.add("timeout")
-                slow = f"{label} ran longer than {settings.timeout:g} s and was stopped."
+                slow = f"{label} ran longer than {settings.options.timeout:g} s and was stopped."
                 run.note(index, "timeout", slow)
                 if not await recover(kernel.km, kc):
                     return False
@@ -291,7 +291,7 @@ async def _run_once(worker: Worker, kernel: Kernel, run: _Run, raw: bytes) -> bo
                 continue
             if tester is None:
                 tester = await _start_tester(settings, kernel, kc)
-            outcome, value = await tester.run(spec, settings.timeout, secrets)
+            outcome, value = await tester.run(spec, settings.options.timeout, secrets)
             run.results[name] = value
             if outcome == "tester-lost":
                 tester = None  # stopped already: the next test gets a new one
@@ -318,7 +318,7 @@ async def _start_tester(settings: Settings, kernel: Kernel, kc: Any) -> Tester:
     env = kernel_env(settings, home, name)
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     command = [sys.executable, "-I", "-m", "labkit.grader.tester"]
-    if settings.sandbox:
+    if settings.options.sandbox:
         os.chown(home, uid, gid)
         os.chmod(kernel.scratch, 0o711)  # the tester may pass through, not list
         spec = {

@@ -29,6 +29,7 @@ from labkit.grader.cache import ReplyCache
 from labkit.grader.exercise import json_bytes
 from labkit.grader.kernels import PRELOAD, pid_alive
 from labkit.grader.notebook import empty_result, grade_in_worker, init_worker
+from labkit.grader.options import GradeOptions
 from labkit.grader.report import (
     append_journal,
     hidden_code,
@@ -181,48 +182,32 @@ def grade(
     submissions: Path,
     exercise: Exercise,
     out: Path,
+    options: GradeOptions | None = None,
     *,
     runtime_url: str,
-    workers: int = 2,
-    timeout: float = 60.0,
-    regrade: bool = False,
-    sandbox: bool = True,
-    memory_mb: int = 4096,
-    network: str = "runtime",
-    cache: bool = True,
     key_path: Path | None = None,
     master_path: Path | None = None,
     root: Path | None = None,
-    progress: bool = True,
     say: Callable[[str], None] = print,
-    **limits: Any,
 ) -> GradeReport:
     """Grade every notebook in ``submissions`` and write the results into ``out``.
 
-    ``limits`` are further ``Settings`` fields by name (e.g. ``max_notebook_mb``). Each
-    result is written as soon as it is known, so a run that is stopped keeps what it
-    graded, and the next run grades only what is missing, changed, or failed in the grader.
+    ``options`` are how (``GradeOptions()``, ``labkit grade``'s defaults, when None);
+    ``key_path`` or ``master_path`` is where the exercise came from, and ``root`` the course
+    folder (default: here). Each result is written as soon as it is known, so a run that is
+    stopped keeps what it graded, and the next run grades only what is missing, changed, or
+    failed in the grader.
     """
-    if workers < 1:
-        raise GradingError("--workers must be at least 1.")
-    if sandbox and (sys.platform != "linux" or os.geteuid() != 0):
+    options = options or GradeOptions()
+    if options.sandbox and (sys.platform != "linux" or os.geteuid() != 0):
         raise GradingError(
             "Grading isolates each notebook as an unprivileged user, which needs root on "
             "Linux: run it with sudo, or pass --no-sandbox to grade trusted notebooks."
         )
     root = root or Path.cwd()
-    settings = Settings(
-        exercise=exercise,
-        runtime_url=runtime_url,
-        timeout=timeout,
-        sandbox=sandbox,
-        memory_mb=memory_mb,
-        network=network if sandbox else "host",
-        **limits,
-    )
     entries = find_submissions(submissions)
     notebooks = [s for s in entries if not s.skipped]
-    _refuse_too_large(notebooks, settings.max_notebook_mb)
+    _refuse_too_large(notebooks, options.max_notebook_mb)
     found = [s for s in entries if not s.skipped]
     for sub in entries:
         if sub.skipped:
@@ -232,11 +217,11 @@ def grade(
     for sub in found:
         sub.sha256 = _sha256(sub.path)
     out.mkdir(parents=True, exist_ok=True)
-    if sandbox:
+    if options.sandbox:
         os.chmod(out, 0o700)  # the gradebook is for the instructor only
     key_hash = hashlib.sha256(json_bytes(exercise.to_key())).hexdigest()
     previous = previous_results(out, key_hash)
-    todo = to_grade(found, previous, regrade=regrade)
+    todo = to_grade(found, previous, regrade=options.regrade)
     book = _Book(out, exercise, key_hash, [s.learner for s in todo])
     for sub in found:
         if sub not in todo:
@@ -264,19 +249,8 @@ def grade(
     uids: list[int] = []
     seconds = 0.0
     if todo:
-        uids, seconds = _grade_all(
-            todo,
-            settings,
-            submissions,
-            out,
-            finish,
-            workers=workers,
-            cache=cache,
-            key_path=key_path,
-            master_path=master_path,
-            root=root,
-            progress=progress,
-        )
+        places = _Places(submissions, out, key_path, master_path, root)
+        uids, seconds = _grade_all(todo, exercise, options, runtime_url, places, finish)
     ordered = book.finish()
     say(
         f"Graded {len(todo)} notebook(s), reused {len(found) - len(todo)} unchanged, "
@@ -417,48 +391,44 @@ def _slot_uids(number: int) -> list[int]:
     return uids
 
 
+@dataclass(frozen=True)
+class _Places:
+    """Where a run's files are: kernels see none of them, and read the exercise's data files."""
+
+    submissions: Path
+    out: Path
+    key_path: Path | None
+    master_path: Path | None
+    root: Path
+
+
 def _grade_all(
     todo: list[Submission],
-    settings: Settings,
-    submissions: Path,
-    out: Path,
+    exercise: Exercise,
+    options: GradeOptions,
+    runtime_url: str,
+    places: _Places,
     finish: Callable[[Submission, dict[str, Any]], None],
-    *,
-    workers: int,
-    cache: bool,
-    key_path: Path | None,
-    master_path: Path | None,
-    root: Path,
-    progress: bool,
 ) -> tuple[list[int], float]:
     """Grade ``todo`` in worker processes, handing each result to ``finish`` as it comes."""
-    exercise, runtime_url, sandbox = settings.exercise, settings.runtime_url, settings.sandbox
-    workers = min(workers, len(todo))
+    workers = min(options.workers, len(todo))
     SCRATCH_BASE.mkdir(mode=0o711, exist_ok=True)
     _remove_abandoned_runs()
     run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=SCRATCH_BASE))
     os.chmod(run_dir, 0o711)
     (run_dir / "owner.pid").write_text(str(os.getpid()))
-    settings.public_tests = json_bytes(exercise.to_public())
-    # Files the notebook reads sit next to the master, and next to the generated exercise.
-    base = master_path.resolve().parent if master_path else root / assign.LEARNER_DIR
-    settings.extra_files = [(str(base / rel), rel) for rel in exercise.files]
-    settings.run_dir = str(run_dir)
-    slots = Slots(workers) if sandbox else None
+    slots = Slots(workers) if options.sandbox else None
     uids: list[int] = []
-    replies = ReplyCache(runtime_url) if cache else None
+    replies = ReplyCache(runtime_url) if options.cache else None
     try:
-        _route(settings, runtime_url, replies)
-        if sandbox and slots is not None:
+        settings = _settings(exercise, options, runtime_url, places, run_dir, replies)
+        if slots is not None:
             _kill_abandoned_kernels()
-            settings.hide_checkouts = [str(root.resolve())] if root.resolve().parent != root else []
-            settings.hide = private_paths(submissions, out, key_path, master_path, root)
-            settings.reach = reachability_covers(needed_paths())
             users = [grading_user(2 * n + k) for n in slots.numbers for k in (0, 1)]
             uids = [u for u, _, _ in users]
             preflight(settings, users[0])
         numbers = slots.numbers if slots else list(range(workers))
-        bar = _progress(len(todo), exercise.name, progress)
+        bar = _progress(len(todo), exercise.name, options.progress)
         started = time.perf_counter()
 
         def done(sub: Submission, result: dict[str, Any]) -> None:
@@ -475,6 +445,40 @@ def _grade_all(
             kill_user_processes(u for n in slots.numbers for u in _slot_uids(n))
             slots.release()
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _settings(
+    exercise: Exercise,
+    options: GradeOptions,
+    runtime_url: str,
+    places: _Places,
+    run_dir: Path,
+    replies: ReplyCache | None,
+) -> Settings:
+    """What every worker of this run needs, made once (it starts the reply cache, if any)."""
+    forward_to, kernel_url = _route(runtime_url, options.kernel_network, replies)
+    root = places.root
+    # Files the notebook reads sit next to the master, and next to the generated exercise.
+    base = places.master_path.resolve().parent if places.master_path else root / assign.LEARNER_DIR
+    boxed: dict[str, Any] = {}
+    if options.sandbox:
+        boxed = {
+            "hide_checkouts": [str(root.resolve())] if root.resolve().parent != root else [],
+            "hide": private_paths(
+                places.submissions, places.out, places.key_path, places.master_path, root
+            ),
+            "reach": reachability_covers(needed_paths()),
+        }
+    return Settings(
+        exercise=exercise,
+        options=options,
+        runtime_url=kernel_url,
+        forward_to=forward_to,
+        public_tests=json_bytes(exercise.to_public()),
+        extra_files=[(str(base / rel), rel) for rel in exercise.files],
+        run_dir=str(run_dir),
+        **boxed,
+    )
 
 
 class _Slot:
@@ -571,7 +575,7 @@ class _Pool:
 
     def start(self, number: int, reserved: _Task | None = None) -> None:
         """A new worker on slot ``number``, with nothing of the slot's users left running."""
-        if self.settings.sandbox:
+        if self.settings.options.sandbox:
             kill_user_processes(_slot_uids(number))
         ours, theirs = self.context.Pipe()
         process = self.context.Process(
@@ -646,7 +650,7 @@ class _Pool:
 
     def kill_stuck(self) -> None:
         """Kill a worker stuck far past its time (starting, or on a notebook it cannot stop)."""
-        limit = 2 * float(self.settings.notebook_timeout) + STUCK_GRACE
+        limit = 2 * float(self.settings.options.notebook_timeout) + STUCK_GRACE
         for member in self.members:
             busy = time.monotonic() - member.since
             if (member.task is not None or not member.ready) and busy > limit and not member.stuck:
@@ -698,7 +702,7 @@ class _Pool:
             member.process.kill()
             member.process.join(5)
         member.conn.close()
-        if self.settings.sandbox:
+        if self.settings.options.sandbox:
             kill_user_processes(_slot_uids(member.number))
 
     def stop(self) -> None:
@@ -709,18 +713,21 @@ class _Pool:
             self.retire(member)
 
 
-def _route(settings: Settings, runtime_url: str, replies: ReplyCache | None) -> None:
-    """Where kernels send model requests: through the reply cache (if any) to the runtime."""
+def _route(
+    runtime_url: str, network: str, replies: ReplyCache | None
+) -> tuple[tuple[str, int], str]:
+    """Where kernels send model requests (through the reply cache, if any), and their URL."""
     upstream = urlsplit(runtime_url)
     port = upstream.port or (443 if upstream.scheme == "https" else 80)
     target = (upstream.hostname or "127.0.0.1", port)
     if replies is not None:
         target = replies.start()
-    settings.forward_to = target
-    if settings.network == "runtime":  # the kernel's own loopback, forwarded to target
-        settings.runtime_url = f"http://127.0.0.1:{port}{upstream.path}".rstrip("/")
+    url = runtime_url
+    if network == "runtime":  # the kernel's own loopback, forwarded to target
+        url = f"http://127.0.0.1:{port}{upstream.path}".rstrip("/")
     elif replies is not None:
-        settings.runtime_url = f"http://{target[0]}:{target[1]}{upstream.path}".rstrip("/")
+        url = f"http://{target[0]}:{target[1]}{upstream.path}".rstrip("/")
+    return target, url
 
 
 class _NoBar:

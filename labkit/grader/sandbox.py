@@ -409,13 +409,13 @@ def box_limits(settings: Settings, tree_caps: bool) -> dict[str, int]:
     """
     cells_and_tests = 200  # a generous ceiling on how many timed steps one notebook takes
     return {
-        "AS": settings.memory_mb * 1024 * 1024,
-        "FSIZE": settings.disk_mb * 1024 * 1024,
+        "AS": settings.options.memory_mb * 1024 * 1024,
+        "FSIZE": settings.options.disk_mb * 1024 * 1024,
         # A grading user has one box at a time, so without a cgroup this per-user cap is
         # the box's; with one it is only a second line behind the cgroup's.
         "NPROC": 512 if tree_caps else MAX_TASKS,
         "CORE": 0,
-        "CPU": int(settings.timeout * cells_and_tests),
+        "CPU": int(settings.options.timeout * cells_and_tests),
     }
 
 
@@ -623,7 +623,9 @@ def preflight(settings: Settings, user: tuple[int, int, str]) -> None:
     caps = cgroups()
     # A box like a kernel's, with its own cgroups: a machine where they fail fails here.
     groups = (
-        caps.create(f"{name}.preflight.{os.getpid()}", settings.memory_mb) if caps.version else []
+        caps.create(f"{name}.preflight.{os.getpid()}", settings.options.memory_mb)
+        if caps.version
+        else []
     )
     spec = {
         "uid": uid,
@@ -633,7 +635,7 @@ def preflight(settings: Settings, user: tuple[int, int, str]) -> None:
         "chown": [],
         "limits": box_limits(settings, bool(groups)),
         "cgroups": groups,
-        "network": settings.network,
+        "network": settings.options.kernel_network,
     }
     # Reading the files is enough to know the kernel will import them (and much faster).
     import importlib.util

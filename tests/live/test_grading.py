@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import hashlib
 import io
 import json
@@ -390,8 +391,9 @@ def test_check_shows_rich_and_plain_feedback_in_a_kernel(graded: dict[str, Any])
 def test_regrading_only_what_changed(graded: dict[str, Any], rt: discovery.Runtime) -> None:
     subs, out, root = graded["subs"], graded["out"], graded["root"]
     exercise = assign.load_key(root / "grading/hidden/toy.json")
-    common = {"runtime_url": rt.url, "timeout": float(TIMEOUT), "root": root, "progress": False}
-    again = grading.grade(subs, exercise, out, **common, say=lambda _: None)
+    options = grading.GradeOptions(timeout=float(TIMEOUT), progress=False)
+    common: dict[str, Any] = {"runtime_url": rt.url, "root": root, "say": lambda _: None}
+    again = grading.grade(subs, exercise, out, options, **common)
     assert again.graded == []  # nothing changed: every result is reused
     assert again.result("perfect")["total"] == 7
     # --master finds the same exercise, so the same results are reused too.
@@ -400,7 +402,8 @@ def test_regrading_only_what_changed(graded: dict[str, Any], rt: discovery.Runti
     cell = next(c for c in nb.cells if c.source.startswith("def square"))
     cell.source = "def square(x):\n    return x * x"
     nbformat.write(nb, str(subs / "untouched.ipynb"))
-    changed = grading.grade(subs, exercise, out, **common, workers=1, say=lambda _: None)
+    one_worker = dataclasses.replace(options, workers=1)
+    changed = grading.grade(subs, exercise, out, one_worker, **common)
     assert changed.graded == ["untouched"]
     assert changed.result("untouched")["total"] == 3
     assert changed.result("loop")["total"] == 5  # reused from the first run
@@ -418,11 +421,9 @@ def test_grading_without_sandbox(tmp_path: Path, rt: discovery.Runtime) -> None:
         subs,
         assign.load_key(root / "grading/hidden/toy.json"),
         tmp_path / "out",
+        grading.GradeOptions(timeout=float(TIMEOUT), sandbox=False, progress=False),
         runtime_url=rt.url,
-        timeout=float(TIMEOUT),
-        sandbox=False,
         root=root,
-        progress=False,
         say=lambda _: None,
     )
     assert [(r["learner"], r["total"]) for r in report.results] == [("invalid", 0), ("perfect", 7)]

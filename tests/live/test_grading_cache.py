@@ -182,11 +182,9 @@ def test_a_class_gets_the_same_grades_with_and_without_the_cache(
             subs,
             exercise,
             out,
+            grading.GradeOptions(timeout=120.0, cache=cached, progress=False),
             runtime_url=rt.url,
-            timeout=120.0,
-            cache=cached,
             root=PROJECT,
-            progress=False,
             say=lambda _: None,
         )
         rows = csv.DictReader((out / "gradebook.csv").open())

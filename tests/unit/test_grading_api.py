@@ -1,15 +1,26 @@
-"""The grader's modules lean on each other's public names only, each listed in its ``__all__``.
+"""The grader's shape: modules that use each other's public names only, and one options object.
 
 A name with a leading underscore belongs to its module: it can be renamed or changed there
 without reading the rest of the grader. What another module needs is public and declared.
+How a class is graded is one ``GradeOptions``, made and checked once (by ``labkit grade``
+from its flags, or by a script) and handed down.
 """
 
 from __future__ import annotations
 
 import ast
+import dataclasses
+import re
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 import labkit.grader
+from labkit.cli import build_parser, main
+from labkit.errors import GradingError
+from labkit.grader.cli import grade_options
+from labkit.grader.options import GradeOptions
 
 GRADER = Path(labkit.grader.__file__).parent
 MODULES = {path.stem: path for path in sorted(GRADER.glob("*.py")) if path.stem != "__init__"}
@@ -78,3 +89,76 @@ def test_every_name_used_across_grader_modules_is_in_its_all() -> None:
         }
     )
     assert undeclared == []
+
+
+# ------------------------------------------------------------------ one options object
+
+
+def _parsed(*flags: str) -> Any:
+    return build_parser("grade").parse_args(["grade", "class/", "--exercise", "01", *flags])
+
+
+def test_the_command_and_scripts_share_one_set_of_defaults() -> None:
+    assert grade_options(_parsed()) == GradeOptions()
+
+
+def test_each_flag_of_labkit_grade_reaches_its_option() -> None:
+    options = grade_options(
+        _parsed(
+            *("--workers", "3", "--timeout", "7.5", "--regrade", "--no-sandbox"),
+            *("--memory-mb", "1024", "--disk-mb", "64", "--notebook-timeout", "90"),
+            *("--max-notebook-mb", "2.5", "--network", "host", "--no-cache", "--quiet"),
+        )
+    )
+    assert options == GradeOptions(
+        workers=3,
+        timeout=7.5,
+        regrade=True,
+        sandbox=False,
+        memory_mb=1024,
+        disk_mb=64,
+        notebook_timeout=90.0,
+        max_notebook_mb=2.5,
+        network="host",
+        cache=False,
+        progress=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("workers", 0, "--workers must be at least 1."),
+        ("memory_mb", 100, "--memory-mb 100 is too small to grade anything; use 256 or more."),
+        ("disk_mb", 8, "--disk-mb 8 is too small to grade anything; use 16 or more."),
+        ("timeout", 0.5, "--timeout 0.5 is too small to grade anything; use 1 or more."),
+        ("notebook_timeout", 5, "--notebook-timeout 5 is too small"),
+        ("max_notebook_mb", 0.001, "--max-notebook-mb 0.001 is too small"),
+        ("network", "everywhere", "--network 'everywhere' is not one the grader knows"),
+    ],
+)
+def test_options_no_notebook_could_be_graded_under_are_refused(
+    field: str, value: Any, message: str
+) -> None:
+    with pytest.raises(GradingError, match=re.escape(message)):
+        GradeOptions(**{field: value})
+
+
+def test_the_command_refuses_a_too_small_limit_before_it_looks_for_anything(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No runtime, key or submissions are looked for: the flag to fix comes first."""
+    nowhere = str(tmp_path / "no-class")
+    assert main(["grade", nowhere, "--exercise", "99", "--disk-mb", "1"]) == 1
+    assert "--disk-mb 1 is too small" in capsys.readouterr().err
+
+
+def test_options_cannot_change_once_made() -> None:
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        GradeOptions().workers = 4  # type: ignore[misc]
+
+
+def test_kernels_without_a_sandbox_share_the_host_network() -> None:
+    assert GradeOptions().kernel_network == "runtime"
+    assert GradeOptions(network="host").kernel_network == "host"
+    assert GradeOptions(sandbox=False).kernel_network == "host"

@@ -13,6 +13,7 @@ import pytest
 from labkit.grader import report, run
 from labkit.grader.exercise import Exercise, Question
 from labkit.grader.exercise import TestCase as Case
+from labkit.grader.options import GradeOptions
 from labkit.grader.settings import Settings, Submission
 
 FORMULA = '=HYPERLINK("http:\\\\evil.example","x")'
@@ -217,7 +218,7 @@ class _Process:
 
 
 def test_a_worker_stuck_far_past_the_notebook_timeout_is_killed() -> None:
-    settings = Settings(_exercise(), "http://127.0.0.1:1", notebook_timeout=10.0)
+    settings = Settings(_exercise(), GradeOptions(notebook_timeout=10.0), "http://127.0.0.1:1")
     pool = run._Pool(settings, [0])
     now = time.monotonic()
     limit = 2 * 10.0 + run.STUCK_GRACE
