@@ -11,6 +11,8 @@ from __future__ import annotations
 import ast
 import dataclasses
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -162,3 +164,54 @@ def test_kernels_without_a_sandbox_share_the_host_network() -> None:
     assert GradeOptions().kernel_network == "runtime"
     assert GradeOptions(network="host").kernel_network == "host"
     assert GradeOptions(sandbox=False).kernel_network == "host"
+
+
+# ------------------------------------------------------------------ what scripts import
+
+SCRIPT_NAMES = [
+    "ISOLATION",
+    "Exercise",
+    "GradeOptions",
+    "GradeReport",
+    "GradingError",
+    "MasterFormatError",
+    "OverwriteRefused",
+    "ValidationFailed",
+    "assign",
+    "feedback",
+    "find_key",
+    "find_submissions",
+    "grade",
+    "load_key",
+    "parse_master",
+    "pass_rates",
+]
+
+
+def test_the_grader_package_exports_what_scripts_use() -> None:
+    """Pinned like labkit's own exports: adding or removing a name is a decision."""
+    assert labkit.grader.__all__ == SCRIPT_NAMES
+    from labkit.grader import assign, options, run
+
+    assert labkit.grader.grade is run.grade
+    assert labkit.grader.GradeOptions is options.GradeOptions
+    assert labkit.grader.assign is assign  # the module: assign.assign, assign.drift…
+    missing = [name for name in SCRIPT_NAMES if not hasattr(labkit.grader, name)]
+    assert missing == []
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        _ = labkit.grader.nothing
+
+
+def test_importing_the_grader_package_loads_no_part_of_the_grader() -> None:
+    """Learners' kernels import labkit.grader.bridge: the package itself must stay light."""
+    code = (
+        "import sys, labkit.grader\n"
+        "print(' '.join(m for m in sys.modules if m.startswith(('labkit.grader.', 'nbformat', "
+        "'jupyter_client', 'nbclient'))))\n"
+        "labkit.grader.grade\n"
+        "print('labkit.grader.run' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded, graded = done.stdout.splitlines()
+    assert loaded == ""
+    assert graded == "True"  # the first use loads it
