@@ -39,7 +39,6 @@ import argparse
 import functools
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -63,6 +62,7 @@ from labkit.grader.exercise import (
     exercise_from_dict,
     load_key,
     work_fingerprint,
+    write_atomic,
 )
 from labkit.grader.parse import parse_master
 
@@ -330,20 +330,6 @@ def _edited_outputs(g: Generated, root: Path) -> list[str]:
         if work != previous.get(rel):
             edited.append(rel)
     return edited
-
-
-def write_atomic(path: Path, content: bytes) -> None:
-    """Write ``content`` to ``path`` through a temporary file, so readers never see half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(content)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,7 @@ __all__ = [
     "json_bytes",
     "load_key",
     "work_fingerprint",
+    "write_atomic",
 ]
 
 
@@ -224,3 +227,17 @@ def work_fingerprint(notebook: bytes) -> str:
     nb = json.loads(notebook)
     cells = [[c.get("cell_type"), cell_source(c)] for c in nb.get("cells", [])]
     return hashlib.sha256(json.dumps(cells).encode("utf-8")).hexdigest()
+
+
+def write_atomic(path: Path, content: bytes) -> None:
+    """Write ``content`` to ``path`` through a temporary file, so readers never see half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(content)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -33,8 +33,9 @@ notebook is named by the learner, a stray entry by its file name (``alice`` besi
 text in the Markdown (no heading, link, image, HTML or code span of their own); notes are
 single lines, capped, and withheld where they quote hidden test code.
 
-The pieces: ``sandbox`` (what a kernel sees), ``network`` (its own loopback, forwarded to
-the runtime), ``cache`` (replies shared by the class), ``users`` (grading users, slots),
+The pieces: ``options`` (how a class is graded: one ``GradeOptions``, made once and handed
+down), ``sandbox`` (what a kernel sees), ``network`` (its own loopback, forwarded to the
+runtime), ``cache`` (replies shared by the class), ``users`` (grading users, slots),
 ``kernels`` (zygote, forked kernels), ``channel`` (talking to a kernel and its tester),
 ``notebook`` (one notebook), ``run`` (the class and its workers), ``report`` (gradebook,
 feedback, instructor notes, plots), ``cli``.

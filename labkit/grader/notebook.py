@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from labkit.grader.assign import Exercise
 from labkit.grader.channel import Tester, hidden_lines, recover, wait_ready
+from labkit.grader.exercise import Exercise
 from labkit.grader.kernels import FLOOD_BYTES, START_ERROR, Kernel, Worker, kernel_classes
 from labkit.grader.sandbox import LAUNCHER, box_limits, kernel_env
 from labkit.grader.settings import GradingError, Settings, Submission

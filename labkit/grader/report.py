@@ -19,8 +19,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from labkit.grader.assign import Exercise, write_atomic
-from labkit.grader.exercise import json_bytes
+from labkit.grader.exercise import Exercise, json_bytes, write_atomic
 
 __all__ = [
     "JOURNAL",

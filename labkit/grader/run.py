@@ -23,13 +23,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from labkit.errors import LabkitError
-from labkit.grader import assign
-from labkit.grader.assign import Exercise
 from labkit.grader.cache import ReplyCache
-from labkit.grader.exercise import json_bytes
+from labkit.grader.exercise import KEY_DIR, LEARNER_DIR, Exercise, json_bytes
 from labkit.grader.kernels import PRELOAD, pid_alive
 from labkit.grader.notebook import empty_result, grade_in_worker, init_worker
 from labkit.grader.options import GradeOptions
+from labkit.grader.parse import parse_master
 from labkit.grader.report import (
     append_journal,
     hidden_code,
@@ -70,7 +69,7 @@ class GradeReport:
 
 def find_key(root: Path, exercise: str) -> Path:
     """The grading key for ``exercise``: its name, or its number (``1`` finds ``01-...``)."""
-    folder = root / assign.KEY_DIR
+    folder = root / KEY_DIR
     keys = sorted(folder.glob("*.json"))
     exact = [k for k in keys if k.stem == exercise]
     if exact:
@@ -330,9 +329,9 @@ def _released_code(exercise: Exercise, root: Path, master_path: Path | None) -> 
     """The code cells of the notebook learners were given, to recognise untouched work."""
     try:
         if master_path is not None:
-            generated = assign.parse_master(master_path)
+            generated = parse_master(master_path)
             return _code_cells(generated.files[generated.learner_path])
-        path = root / assign.LEARNER_DIR / f"{exercise.name}.ipynb"
+        path = root / LEARNER_DIR / f"{exercise.name}.ipynb"
         return _code_cells(path.read_bytes()) if path.is_file() else None
     except (OSError, KeyError, LabkitError):
         return None
@@ -459,16 +458,16 @@ def _settings(
     forward_to, kernel_url = _route(runtime_url, options.kernel_network, replies)
     root = places.root
     # Files the notebook reads sit next to the master, and next to the generated exercise.
-    base = places.master_path.resolve().parent if places.master_path else root / assign.LEARNER_DIR
-    boxed: dict[str, Any] = {}
+    base = places.master_path.resolve().parent if places.master_path else root / LEARNER_DIR
+    hide: list[str] = []
+    hide_checkouts: list[str] = []
+    reach: list[list[Any]] = []
     if options.sandbox:
-        boxed = {
-            "hide_checkouts": [str(root.resolve())] if root.resolve().parent != root else [],
-            "hide": private_paths(
-                places.submissions, places.out, places.key_path, places.master_path, root
-            ),
-            "reach": reachability_covers(needed_paths()),
-        }
+        hide_checkouts = [str(root.resolve())] if root.resolve().parent != root else []
+        hide = private_paths(
+            places.submissions, places.out, places.key_path, places.master_path, root
+        )
+        reach = reachability_covers(needed_paths())
     return Settings(
         exercise=exercise,
         options=options,
@@ -477,7 +476,9 @@ def _settings(
         public_tests=json_bytes(exercise.to_public()),
         extra_files=[(str(base / rel), rel) for rel in exercise.files],
         run_dir=str(run_dir),
-        **boxed,
+        hide=hide,
+        hide_checkouts=hide_checkouts,
+        reach=reach,
     )
 
 
