@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,10 @@ from labkit.grader.options import GradeOptions
 __all__ = ["SCRATCH_BASE", "GradingError", "Settings", "Submission"]
 
 
-SCRATCH_BASE = Path(tempfile.gettempdir()) / "labkit-grading"
+# One place per machine, whatever $TMPDIR says: the slot locks in it keep two grading runs
+# from sharing a grading user, and a kernel's sockets live under it, whose paths must stay
+# within the 107 bytes a Unix socket's path may have (a deep $TMPDIR overflowed them).
+SCRATCH_BASE = Path("/tmp" if os.name == "posix" else tempfile.gettempdir()) / "labkit-grading"
 
 
 @dataclass(frozen=True)
