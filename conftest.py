@@ -7,8 +7,8 @@ is up before any live test starts, and stops it afterwards only if it started it
 It also sorts the tests by what they need (markers, registered in pyproject.toml):
 
 * ``live`` — a real runtime (everything outside tests/unit/, the notebooks included);
-* ``slow`` — left out by ``./lab test --fast``: the runtime matrix, the browser, class-scale
-  grading in the sandbox;
+* ``slow`` — left out by ``./lab test --fast``: the lessons (minutes each), the runtime matrix
+  and the solutions' grading, the browser, class-scale grading in the sandbox, the RAG evaluation;
 * ``matrix`` — the other kinds of runtime (marked in tests/runtimes/ itself);
 * ``sandbox``, ``browser``, ``nginx`` — root, Chromium, nginx. A test that needs one this
   machine lacks is skipped, and one line at the end of the run says what is missing and the
@@ -170,6 +170,8 @@ def _marks(item: pytest.Item) -> list[str]:
     marks = [] if group == "unit" else ["live"]
     if group == "browser":
         marks += ["browser", "slow"]
+    elif group == "notebooks" and item.path.parent.name == "notebooks":
+        marks.append("slow")  # a lesson takes minutes; an exercise seconds
     elif item.path.name.startswith("test_grading"):
         # The grading files skip by themselves when not root (some of their tests need none).
         marks += ["sandbox", "slow"]
@@ -320,7 +322,9 @@ LONG = {
 def expected_seconds(scope: str, tests: int) -> float:
     """A guess at how long a scope (a notebook, a module, a class, one matrix test) takes."""
     named = [seconds for name, seconds in LONG.items() if name in scope]
-    return named[0] if named else COST.get(group_of(scope), 1.0) * tests
+    seconds = named[0] if named else COST.get(group_of(scope), 1.0) * tests
+    # The matrix's OpenAI-only runs come second: they reuse the plain llama.cpp runs' vectors.
+    return seconds / 4 if "openai-only" in scope else seconds
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -40,6 +40,8 @@ ROOT = Path(__file__).resolve().parents[2]
 HANDBOOK = ROOT / "data" / "hr-handbook"
 EVAL_SET = ROOT / "data" / "hr-eval.jsonl"
 MINILM_DIM = 384
+# Minutes of embedding (the whole handbook, sweeps, the bench): not for `./lab test --fast`.
+pytestmark = pytest.mark.slow
 
 
 def chunk(doc: str, *headings: str) -> Chunk:
@@ -368,7 +370,6 @@ def test_calibration_needs_both_kinds(handbook: Index, questions: list[Question]
 # bench/rag_eval.py builds its own index in a process of its own: it needs none of this
 # module's fixtures, and in a class (a scope of its own under --dist loadscope) it runs beside
 # them on the other worker.
-@pytest.mark.slow
 class TestBench:
     """The evaluation bench, run as a learner would run it."""
 
