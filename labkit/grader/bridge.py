@@ -23,8 +23,18 @@ import pathlib
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["encode", "serve"]
+__all__ = ["SHARED_SETTINGS", "encode", "serve"]
 
+
+# The settings that say which runtime and models a notebook uses. A notebook may change
+# them (use_ollama_dialect() points LABKIT_BASE_URL at an Ollama-dialect runtime); a test
+# then uses the same runtime as the notebook.
+SHARED_SETTINGS = (
+    "LABKIT_BASE_URL",
+    "LABKIT_CHAT_MODEL",
+    "LABKIT_EMBED_MODEL_NAME",
+    "LABKIT_EMBED_URL",
+)
 
 MAX_ITEMS = 200_000  # values in one answer: more is refused rather than sent
 DEPTH = 24  # nesting of plain containers
@@ -44,6 +54,9 @@ def serve(request: str, namespace: dict[str, Any]) -> str:
     try:
         data = json.loads(request)
         op = data["op"]
+        if op == "environment":  # where the notebook's model calls go (see remote.py)
+            found = {name: os.environ.get(name) for name in SHARED_SETTINGS}
+            return json.dumps({"ok": {"$": "dict", "v": [[k, v] for k, v in found.items()]}})
         if op == "lookup":
             found = {}
             for name in data["names"]:

@@ -124,6 +124,30 @@ class Boundary:
 
     # ------------------------------------------------------------ requests
 
+    def adopt_environment(self) -> None:
+        """Take the notebook's runtime settings (``bridge.SHARED_SETTINGS``) as the test's own.
+
+        Only those few names, and only as text: they say which runtime and models the
+        learner's code talks to, so the test's own ``find_runtime()`` finds the same one.
+        """
+        import os
+
+        from labkit.grader.bridge import SHARED_SETTINGS
+
+        text = self._send({"op": "environment"})
+        try:
+            pairs = json.loads(text)["ok"]["v"] if len(text) <= MAX_ANSWER else []
+        except (ValueError, KeyError, TypeError) as exc:
+            raise RemoteError("the notebook's kernel sent an unreadable answer") from exc
+        for name, value in _pairs(pairs):
+            if name not in SHARED_SETTINGS:
+                continue
+            if isinstance(value, str) and len(value) <= 2000:
+                os.environ[name] = value
+            elif value is None:
+                os.environ.pop(name, None)
+        self._env = _labkit_env()
+
     def lookup(self, names: list[str]) -> dict[str, Any]:
         """The values of those of ``names`` that the notebook defines."""
         text = self._send({"op": "lookup", "names": names})

@@ -117,6 +117,7 @@ def _run(spec: dict[str, Any], channel: _Channel) -> dict[str, Any]:
     test = spec["test"]
     placeholders = list(spec.get("placeholders") or [])
     names = sorted(names_read(str(test["code"])) | set(placeholders))
+    boundary.adopt_environment()
     scope = boundary.lookup(names) if names else {}
     result = run_test(
         test, scope, question=spec["question"], placeholders=placeholders, grading=True

@@ -202,6 +202,17 @@ def test_labkit_settings_a_test_changes_reach_the_learners_code_during_calls(
     assert '"env": []' in kernel.requests[-1]  # nothing changed: nothing sent
 
 
+def test_the_test_uses_the_runtime_the_notebook_chose(monkeypatch: pytest.MonkeyPatch) -> None:
+    # use_ollama_dialect() in a notebook points LABKIT_BASE_URL elsewhere: tests follow it.
+    monkeypatch.setenv("LABKIT_BASE_URL", "http://127.0.0.1:1")
+    monkeypatch.setenv("LABKIT_HOME", "/tester/own")
+    kernel_env = {"LABKIT_BASE_URL": "http://127.0.0.1:2", "LABKIT_HOME": "/learner/chosen"}
+    answer = json.dumps({"ok": {"$": "dict", "v": [[k, v] for k, v in kernel_env.items()]}})
+    remote.Boundary(lambda request: answer).adopt_environment()
+    assert os.environ["LABKIT_BASE_URL"] == "http://127.0.0.1:2"
+    assert os.environ["LABKIT_HOME"] == "/tester/own"  # only the runtime's settings are taken
+
+
 def test_numpy_arrays_stay_arrays_of_numbers() -> None:
     learner = "import numpy as np\ndef vectors(): return np.ones((2, 3), dtype='float32')\n"
     result, _ = _run(
@@ -296,6 +307,12 @@ def test_the_tester_process_runs_a_test_over_its_pipes(tmp_path: Path) -> None:
     assert process.stdin is not None and process.stdout is not None
     try:
         assert json.loads(process.stdout.readline()) == {"op": "ready"}
+
+        def answer(request: dict[str, Any]) -> None:
+            reply = bridge.serve(json.dumps(request), namespace)
+            process.stdin.write(json.dumps({"op": "reply", "answer": reply}) + "\n")
+            process.stdin.flush()
+
         for code, expected in (
             ("assert square(4) == 16", "passed"),
             ("assert square(4) == 15", "failed"),
@@ -307,9 +324,7 @@ def test_the_tester_process_runs_a_test_over_its_pipes(tmp_path: Path) -> None:
             while True:
                 message = json.loads(process.stdout.readline())
                 if message["op"] == "kernel":
-                    answer = bridge.serve(json.dumps(message["request"]), namespace)
-                    process.stdin.write(json.dumps({"op": "reply", "answer": answer}) + "\n")
-                    process.stdin.flush()
+                    answer(message["request"])
                     continue
                 assert message["op"] == "result"
                 assert message["result"]["status"] == expected
@@ -318,6 +333,7 @@ def test_the_tester_process_runs_a_test_over_its_pipes(tmp_path: Path) -> None:
         spec["test"]["code"] = "square(1)"
         process.stdin.write(json.dumps({"op": "test", "spec": spec}) + "\n")
         process.stdin.flush()
+        answer(json.loads(process.stdout.readline())["request"])  # its environment
         assert json.loads(process.stdout.readline())["op"] == "kernel"
         process.stdin.write(json.dumps({"op": "reply", "timeout": True}) + "\n")
         process.stdin.flush()
