@@ -9,6 +9,7 @@ gets the same gradebook.
 from __future__ import annotations
 
 import csv
+import math
 import os
 import shutil
 import sys
@@ -38,7 +39,11 @@ def cache(rt: discovery.Runtime) -> Iterator[tuple[ReplyCache, str]]:
 
 
 def _close(a: list[float], b: list[float]) -> bool:
-    return len(a) == len(b) and max(abs(x - y) for x, y in zip(a, b, strict=True)) < 1e-4
+    """The same text's vector: llama.cpp batches requests from concurrent tests together,
+    which moves components in their 4th digit, never the direction (other texts: < 0.95)."""
+    dot = sum(x * y for x, y in zip(a, b, strict=True))
+    norms = math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))
+    return len(a) == len(b) and dot / norms > 0.9999
 
 
 def test_embeddings_are_cached_text_by_text(
