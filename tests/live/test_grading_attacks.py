@@ -19,16 +19,15 @@ import contextlib
 import csv
 import io
 import json
-import os
 import re
 import shutil
-import sys
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from needs import needs_root
 
 from labkit import discovery
 from labkit.cli import main
@@ -39,21 +38,12 @@ KEY = PROJECT / "grading" / "hidden" / "04-production.json"
 HONEST = ("honest-ada", "honest-bo")
 
 
-def _needs_root() -> None:
-    if sys.platform == "linux" and os.geteuid() == 0:
-        return
-    why = "grading attacks need the sandbox: root on Linux"
-    if os.environ.get("CI"):
-        pytest.fail(f"{why}, and CI must run them (it runs as root)")
-    pytest.skip(why)
-
-
 @pytest.fixture(scope="module")
 def graded(
     tmp_path_factory: pytest.TempPathFactory, rt: discovery.Runtime
 ) -> Iterator[dict[str, Any]]:
     """Grade the attackers, two honest learners and an untouched notebook in one run."""
-    _needs_root()
+    needs_root("grading attacks (the sandbox)")
     base = tmp_path_factory.mktemp("attacks")
     subs = base / "class"
     subs.mkdir()

@@ -34,6 +34,7 @@ from typing import Any
 
 import nbformat
 import pytest
+from needs import needs_root
 
 from labkit import discovery
 from labkit.cli import main
@@ -45,15 +46,6 @@ PROJECT = Path(__file__).resolve().parents[2]
 ATTACKS = PROJECT / "tests" / "data" / "grading" / "submissions" / "attacks"
 SHM_KEY = 0x4C41424B  # the keys box-shm uses: this one and the next three
 MEMORY_MB, DISK_MB = 2048, 64
-
-
-def _needs_root() -> None:
-    if sys.platform == "linux" and os.geteuid() == 0:
-        return
-    why = "the grading box needs root on Linux"
-    if os.environ.get("CI"):
-        pytest.fail(f"{why}, and CI must run these tests (it runs as root)")
-    pytest.skip(why)
 
 
 def _grade(subs: Path, *options: str) -> dict[str, Any]:
@@ -149,7 +141,7 @@ def graded(
     tmp_path_factory: pytest.TempPathFactory, rt: discovery.Runtime
 ) -> Iterator[dict[str, Any]]:
     """Grade the box attackers, then honest learners and an untouched notebook, in one run."""
-    _needs_root()
+    needs_root("the grading box")
     subs = tmp_path_factory.mktemp("box") / "class"
     subs.mkdir()
     for name in ("box-disk", "box-memory", "box-shm", "box-zombie"):
@@ -217,7 +209,7 @@ def test_the_notebook_timeout_bounds_sleeps_and_reruns(
     tmp_path: Path, rt: discovery.Runtime
 ) -> None:
     """8 cells that sleep just under --timeout and 3 that end the kernel: 113 s unbounded."""
-    _needs_root()
+    needs_root("the grading box")
     subs = tmp_path / "sleepy"
     subs.mkdir()
     shutil.copy(ATTACKS / "box-sleepy.ipynb", subs)
@@ -231,7 +223,7 @@ def test_the_notebook_timeout_bounds_sleeps_and_reruns(
 
 def test_a_process_that_joins_a_box_shares_its_files_and_network_not_its_processes() -> None:
     """The hook the test runner uses: same mounts and loopback as a kernel, not its PIDs."""
-    _needs_root()
+    needs_root("the grading box")
     user = pwd.getpwnam("nobody")
     folder = Path(tempfile.mkdtemp(prefix="labkit-join-"))
     os.chmod(folder, 0o777)
