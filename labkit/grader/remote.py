@@ -16,10 +16,13 @@ import builtins
 import importlib
 import inspect
 import json
+import os
 import pathlib
 import sys
 from collections.abc import Callable
 from typing import Any
+
+from labkit.grader.bridge import SHARED_SETTINGS
 
 __all__ = ["Boundary", "RemoteError", "RemoteFunction", "RemoteIterator", "RemoteObject"]
 
@@ -130,16 +133,7 @@ class Boundary:
         Only those few names, and only as text: they say which runtime and models the
         learner's code talks to, so the test's own ``find_runtime()`` finds the same one.
         """
-        import os
-
-        from labkit.grader.bridge import SHARED_SETTINGS
-
-        text = self._send({"op": "environment"})
-        try:
-            pairs = json.loads(text)["ok"]["v"] if len(text) <= MAX_ANSWER else []
-        except (ValueError, KeyError, TypeError) as exc:
-            raise RemoteError("the notebook's kernel sent an unreadable answer") from exc
-        for name, value in _pairs(pairs):
+        for name, value in self._pairs_answer({"op": "environment"}):
             if name not in SHARED_SETTINGS:
                 continue
             if isinstance(value, str) and len(value) <= 2000:
@@ -150,14 +144,8 @@ class Boundary:
 
     def lookup(self, names: list[str]) -> dict[str, Any]:
         """The values of those of ``names`` that the notebook defines."""
-        text = self._send({"op": "lookup", "names": names})
-        try:
-            answer = json.loads(text) if len(text) <= MAX_ANSWER else {}
-            pairs = answer["ok"]["v"] if isinstance(answer, dict) else []
-        except (ValueError, KeyError, TypeError) as exc:
-            raise RemoteError("the notebook's kernel sent an unreadable answer") from exc
         found = {}
-        for name, data in _pairs(pairs):
+        for name, data in self._pairs_answer({"op": "lookup", "names": names}):
             if not isinstance(name, str) or name not in names:
                 continue
             if isinstance(data, dict) and data.get("$") == "module":
@@ -169,6 +157,18 @@ class Boundary:
                     continue
             found[name] = self.value(data)
         return found
+
+    def _pairs_answer(self, request: dict[str, Any]) -> list[tuple[Any, Any]]:
+        """The (name, data) pairs of the kernel's answer to a lookup-like request, undecoded."""
+        text = self._send(request)
+        if len(text) > MAX_ANSWER:
+            raise RemoteError(f"the notebook's answer was over {MAX_ANSWER // 2**20} MB")
+        try:
+            answer = json.loads(text)
+            pairs = answer["ok"]["v"] if isinstance(answer, dict) else []
+        except (ValueError, KeyError, TypeError) as exc:
+            raise RemoteError("the notebook's kernel sent an unreadable answer") from exc
+        return _pairs(pairs)
 
     def call(self, target: dict[str, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Call a learner's function or method with ``args`` in the kernel."""
@@ -456,8 +456,6 @@ def _pairs(items: Any) -> list[tuple[Any, Any]]:
 
 
 def _labkit_env() -> dict[str, str]:
-    import os
-
     return {k: v for k, v in os.environ.items() if k.startswith("LABKIT_")}
 
 
