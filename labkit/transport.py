@@ -153,21 +153,26 @@ def read_lines(
     response: requests.Response, url: str, limit: int, deadline: Deadline
 ) -> Iterator[bytes]:
     """The body's lines as they arrive, bounded like ``read_body`` (the limit counts them all)."""
-    pending, seen = b"", 0
+    # Only each new read is searched for line ends, and a partial line grows in place: the work
+    # is linear in the body's size even when a server sends megabytes without a newline.
+    pending, seen = bytearray(), 0
     for data in _chunks(response):
         seen += len(data)
         if seen > limit:
             raise _too_large(url, limit)
         deadline.check(url)
-        pending += data
+        cut = max(data.rfind(b"\n"), data.rfind(b"\r"))
+        if cut < 0:
+            pending += data
+            continue
+        pending += data[: cut + 1]
         # Lines end in \n, \r\n or a lone \r (all allowed in event streams); a \r\n split
         # across two reads yields one extra empty line, which both dialects skip.
-        lines = pending.splitlines(keepends=True)
-        pending = lines.pop() if lines and not lines[-1].endswith((b"\n", b"\r")) else b""
-        for line in lines:
-            yield line.rstrip(b"\r\n")
+        lines = bytes(pending).splitlines()
+        pending = bytearray(data[cut + 1 :])
+        yield from lines
     if pending:
-        yield pending
+        yield bytes(pending)
 
 
 def parse_retry_after(value: str | None) -> float | None:
