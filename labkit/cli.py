@@ -135,6 +135,13 @@ def cmd_grade(args: argparse.Namespace) -> int:
     return cli.cli(args)
 
 
+def cmd_update(args: argparse.Namespace) -> int:
+    """Bring the course's new version into your folder, keeping every file you changed."""
+    from labkit import update
+
+    return update.cli(args)
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The argument parser with every subcommand (the grader's options only if ``command`` may use them)."""
     parser = argparse.ArgumentParser(prog="labkit", description=__doc__)
@@ -167,6 +174,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         help="FAULT [/PATH] [times=N every=N after=N for=S chance=P], repeatable; "
         'e.g. "503 /api/chat times=2", "reset@3 /v1/*", "latency=0.5"',
     )
+    from labkit import update  # standard library only: cheap for every command
+
+    update.add_arguments(add("update", cmd_update))
     grader = add("assign", cmd_assign), add("grade", cmd_grade)
     if command in (None, "assign", "grade"):
         # The grader's options need the grader; other commands should not pay for loading it.

@@ -4,6 +4,7 @@ Catch ``LabkitError`` to handle any of them; catch a subclass to handle one case
 Every message says what went wrong *and* what to do next::
 
     LabkitError
+    ├── CourseUpdateError         a course update cannot be made (``labkit update``)
     ├── FaultSpecError            (also a ValueError) a fault rule that cannot be read (``labkit.faults``)
     ├── GradingError              grading could not start (``labkit grade``)
     ├── InvalidInput              (also a ValueError) an argument cannot be used as given
@@ -35,6 +36,7 @@ from __future__ import annotations
 __all__ = [
     "BrokenStream",
     "ContextOverflow",
+    "CourseUpdateError",
     "DocumentError",
     "EmbeddingMismatch",
     "FaultSpecError",
@@ -168,3 +170,7 @@ class ValidationFailed(LabkitError):
 
 class GradingError(LabkitError):
     """Grading could not start (bad arguments, no sandbox, nothing to grade)."""
+
+
+class CourseUpdateError(LabkitError):
+    """A new course version cannot be brought into a learner's folder (``labkit update``)."""

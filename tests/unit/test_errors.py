@@ -20,6 +20,7 @@ TOP_LEVEL = sorted(p for p in PACKAGE.glob("*.py") if p.name != "errors.py")
 FOREIGN = {"ValueError", "TypeError", "KeyError", "RuntimeError", "LabkitError", "Exception"}
 # The fault proxy's and the grader's errors: importable where they are raised, not from labkit.
 RAISED_IN = {
+    "CourseUpdateError": ("labkit.update",),
     "FaultSpecError": ("labkit.faults", "labkit.faults.rules"),
     "GradingError": ("labkit.grader.settings",),
     "MasterFormatError": ("labkit.grader.exercise",),
