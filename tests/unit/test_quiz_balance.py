@@ -1,8 +1,9 @@
-"""Every quiz in every lesson: the right answer is not given away by its place or its length.
+"""Every quiz in every lesson: the right answer is not given away by its place, its length or its hint.
 
 The quizzes are read from the notebooks' source (no kernel): each ``quiz(...)`` call's
 question, options and answer. Then, for many learners, the options are put in the order that
-learner sees, and the positions of the right answers are counted.
+learner sees, and the positions of the right answers are counted. Every quiz and typed
+question has a hint (shown after a first wrong answer) that does not give the answer.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from labkit.course.quizzes import LETTERS, Quiz, option_order
+from labkit.course.quiz_hints import HINTS, hint_for
+from labkit.course.quizzes import LETTERS, Quiz, _normal, number, option_order
 
 ROOT = Path(__file__).resolve().parents[2]
 LESSONS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -33,30 +35,80 @@ class Authored:
     quiz_id: str  # what the notebook's Quiz uses to choose each learner's order
 
 
-def authored_quizzes() -> list[Authored]:
-    """Every quiz(question, options, answer, ...) call with literal arguments in the lessons."""
+def _calls(name: str) -> list[tuple[str, ast.Call]]:
+    """Every call of ``name`` in the lessons' code cells, with where it is."""
     found = []
     for path in LESSONS:
         cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
-        for number, cell in enumerate(cells):
+        for index, cell in enumerate(cells):
             if cell["cell_type"] != "code":
                 continue
             source = "".join(cell["source"])
             lines = [line for line in source.splitlines() if not line.lstrip().startswith("%")]
             for node in ast.walk(ast.parse("\n".join(lines))):
-                if not (isinstance(node, ast.Call) and getattr(node.func, "id", "") == "quiz"):
-                    continue
-                question, options, answer = (ast.literal_eval(arg) for arg in node.args[:3])
-                where = f"{path.name} cell {number}"
-                # The constructor resolves the answer exactly as the notebook does.
-                authored = Quiz(question, options, answer, shuffle=False)
-                found.append(
-                    Authored(where, question, tuple(options), authored.answer, authored.id)
-                )
+                if isinstance(node, ast.Call) and getattr(node.func, "id", "") == name:
+                    found.append((f"{path.name} cell {index}", node))
+    return found
+
+
+def authored_quizzes() -> list[Authored]:
+    """Every quiz(question, options, answer, ...) call with literal arguments in the lessons."""
+    found = []
+    for where, node in _calls("quiz"):
+        question, options, answer = (ast.literal_eval(arg) for arg in node.args[:3])
+        # The constructor resolves the answer exactly as the notebook does.
+        authored = Quiz(question, options, answer, shuffle=False)
+        found.append(Authored(where, question, tuple(options), authored.answer, authored.id))
     return found
 
 
 QUIZZES = authored_quizzes()
+TYPED = _calls("free_text")
+
+
+def _hint(node: ast.Call) -> str:
+    """The hint a lesson's question shows: its own hint= or the one kept for its text."""
+    for keyword in node.keywords:
+        if keyword.arg == "hint":
+            return str(ast.literal_eval(keyword.value))
+    return hint_for(ast.literal_eval(node.args[0]))
+
+
+def test_every_lesson_question_has_its_own_hint() -> None:
+    missing = [where for where, node in _calls("quiz") + TYPED if not _hint(node)]
+    assert not missing, f"add a hint to labkit/course/quiz_hints.py for: {missing}"
+    asked = {_normal(ast.literal_eval(node.args[0])) for _, node in _calls("quiz") + TYPED}
+    stale = [question for question in HINTS if _normal(question) not in asked]
+    assert not stale, f"hints for questions no lesson asks (reworded?): {stale}"
+
+
+def test_no_hint_names_the_right_option() -> None:
+    named = [
+        q.where
+        for q in QUIZZES
+        if _normal(q.options[q.answer]) in _normal(hint_for(q.question))
+        or LETTERS[q.answer] + "." in hint_for(q.question)
+    ]
+    assert not named, named
+
+
+def test_no_hint_is_itself_an_accepted_typed_answer() -> None:
+    given = []
+    for where, node in TYPED:
+        hint = _hint(node)
+        accepts = eval(compile(ast.Expression(node.args[1]), where, "eval"), {"number": number})
+        if callable(accepts):
+            try:
+                right = bool(accepts(hint))
+            except ValueError:  # a checker that reads a number finds none: not accepted
+                right = False
+        else:
+            accepted = [accepts] if isinstance(accepts, str | int | float) else list(accepts)
+            words = set(_normal(hint).split())
+            right = any(_normal(str(a)) in words | {_normal(hint)} for a in accepted)
+        if right:
+            given.append(where)
+    assert not given, given
 
 
 def test_the_lessons_have_quizzes() -> None:

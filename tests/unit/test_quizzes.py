@@ -5,18 +5,38 @@ No runtime is needed: the one test of the coach's model choice scripts a model l
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
 from fake_server import Answer, FakeServer, refused_url
 
 from labkit.client import Client
-from labkit.course import free_text, number, quiz
+from labkit.course import free_text, number, quiz, quizzes
 from labkit.course.coach import MODULES, Assistant, guide, load_module
 from labkit.course.picker import largest, parameters
-from labkit.course.quizzes import FreeText, Quiz, option_order
+from labkit.course.quiz_hints import hint_for
+from labkit.course.quizzes import (
+    GENERIC_HINT,
+    FreeText,
+    Quiz,
+    learner,
+    learner_id_path,
+    option_order,
+)
 from labkit.errors import InvalidInput
 from labkit.retry import NO_RETRY
+
+
+@pytest.fixture(autouse=True)
+def _own_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """No learner name given, and a home of the test's own for the learner id."""
+    for variable in ("LABKIT_LEARNER", "JUPYTERHUB_USER"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.setattr(quizzes, "_known_ids", {})
+    return tmp_path / "config"
+
 
 # --- multiple choice --------------------------------------------------------------------------
 
@@ -27,6 +47,7 @@ def make_quiz(**settings: object) -> Quiz:
         ["Nothing", "Valid JSON", "Correct facts"],
         "B",
         "Decoding is constrained to JSON.",
+        hint="Think about what the sampler may pick.",
         **settings,
     )
 
@@ -59,12 +80,63 @@ def test_the_order_depends_on_learner_and_question_only() -> None:
     assert make_quiz(who="ana", id="other").id == "other"
 
 
-def test_quiz_submit_shows_feedback_and_the_explanation() -> None:
+def test_a_first_wrong_answer_gets_the_hint_and_the_second_the_explanation() -> None:
     q = make_quiz(shuffle=False)
     feedback = q.submit("A")
     assert not feedback.correct and "Not quite" in q.output.value
-    assert "constrained to JSON" in q.output.value and q.choice.value == "A. Nothing"
+    assert "sampler" in q.output.value and "constrained to JSON" not in q.output.value
+    assert "Valid JSON" not in q.output.value  # the answer is not named yet
+    assert q.choice.value == "A. Nothing"
+    q.submit("A")  # the same wrong option again is not a second wrong answer
+    assert "sampler" in q.output.value and "constrained to JSON" not in q.output.value
+    assert not q.submit("C").correct
+    assert "constrained to JSON" in q.output.value and "B. Valid JSON" in q.output.value
     assert q.submit("B").correct and "Correct!" in q.output.value
+
+
+def test_the_right_answer_first_shows_the_explanation_and_it_stays_shown() -> None:
+    q = make_quiz(shuffle=False)
+    assert q.submit("B").correct and "constrained to JSON" in q.output.value
+    assert not q.submit("A").correct and "constrained to JSON" in q.output.value
+
+
+def test_check_alone_counts_no_try() -> None:
+    q = make_quiz(shuffle=False)
+    for _ in range(3):
+        assert q.check("A").explanation == "Think about what the sampler may pick."
+    assert q.check("C").explanation == "Think about what the sampler may pick."
+    assert not q.revealed
+
+
+def test_changing_the_choice_after_feedback_is_a_new_try() -> None:
+    q = make_quiz(shuffle=False)
+    q.choice.value = "A. Nothing"
+    q.button.click()
+    assert "sampler" in q.output.value
+    q.choice.value = "C. Correct facts"  # re-checked at once: the second wrong answer
+    assert "constrained to JSON" in q.output.value
+
+
+def test_hints_come_from_the_quiz_data_or_a_generic_one() -> None:
+    question = "Why add a random jitter to each backoff pause?"
+    data = hint_for(question)
+    assert data and quiz(question, ["a", "b"], 0).hint == data
+    assert hint_for("  WHY add a random   jitter to each backoff pause? ") == data
+    assert quiz(question, ["a", "b"], 0, hint="mine").hint == "mine"
+    assert quiz("Unknown?", ["a", "b"], 0).hint == GENERIC_HINT
+    assert free_text("Unknown?", "x").hint == GENERIC_HINT
+
+
+def test_free_text_gives_a_hint_first_then_the_explanation() -> None:
+    q = free_text(
+        "Default port of Ollama?", ["11434"], "Ollama listens on 11434.", hint="Its own port."
+    )
+    assert not q.submit("8080").correct and "Its own port." in q.output.value
+    assert "listens on 11434" not in q.output.value
+    q.submit("8080")  # the same answer again (Enter twice) is not a second try
+    assert "listens on 11434" not in q.output.value
+    assert not q.submit("1234").correct and "listens on 11434" in q.output.value
+    assert "Type an answer" in q.check("  ").message
 
 
 def test_quiz_check_button_reads_the_selection() -> None:
@@ -88,6 +160,76 @@ def test_quiz_refuses_an_answer_that_is_not_an_option() -> None:
         quiz("?", ["x", "y"], 2)
     with pytest.raises(InvalidInput, match="2 to"):
         quiz("?", ["only one"], 0)
+
+
+# --- who is answering ---------------------------------------------------------------------------
+
+
+def test_without_a_name_each_home_gets_its_own_id_that_lasts(
+    _own_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(quizzes.getpass, "getuser", lambda: "jovyan")  # as on Binder
+    first = learner()
+    stored = learner_id_path()
+    assert stored == _own_home / "labkit" / "learner-id"
+    assert stored.read_text() == first + "\n" and len(first) == 32
+    monkeypatch.setattr(quizzes, "_known_ids", {})  # a kernel restart
+    assert learner() == first
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "another-home"))
+    second = learner()
+    assert second != first and "jovyan" not in (first, second)
+    orders = [[option_order(f"q{i}", 4, who) for i in range(10)] for who in (first, second)]
+    assert orders[0] != orders[1]
+    assert sorted(p.name for p in stored.parent.iterdir()) == ["learner-id"]  # no temp files
+
+
+def test_a_name_given_wins_over_the_id(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JUPYTERHUB_USER", "ana")
+    assert learner() == "ana"
+    monkeypatch.setenv("LABKIT_LEARNER", "ben")
+    assert learner() == "ben"
+    assert not learner_id_path().exists()
+
+
+def test_an_unwritable_home_falls_back_quietly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(blocker / "config"))  # cannot be made
+    who = learner()
+    assert len(who) == 32 and who == learner()
+    assert make_quiz().options  # a quiz still shows
+    monkeypatch.setattr(quizzes, "_known_ids", {})
+    monkeypatch.setattr(quizzes.socket, "gethostname", lambda: "another-container")
+    assert learner() != who  # the fallback still differs between containers
+
+
+def test_a_damaged_id_file_is_replaced_whole(_own_home: Path) -> None:
+    path = learner_id_path()
+    path.parent.mkdir(parents=True)
+    path.write_text("half")
+    who = learner()
+    assert len(who) == 32 and path.read_text() == who + "\n"
+
+
+def test_kernels_starting_together_agree_on_one_id(_own_home: Path) -> None:
+    path = learner_id_path()
+    barrier = threading.Barrier(8)
+    found: list[str] = []
+
+    def start() -> None:
+        barrier.wait()
+        found.append(quizzes._stored_id(path))
+
+    threads = [threading.Thread(target=start) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(found) == 8 and len(set(found)) == 1
+    assert path.read_text() == found[0] + "\n"
+    assert sorted(p.name for p in path.parent.iterdir()) == ["learner-id"]
 
 
 # --- typed answers ----------------------------------------------------------------------------
