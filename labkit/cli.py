@@ -14,6 +14,7 @@ from types import FrameType
 
 from labkit import runtime  # the launcher alone: standard library only
 from labkit.errors import LabkitError
+from labkit.runtime import launcher
 
 PROJECT = Path(__file__).resolve().parent.parent
 
@@ -31,23 +32,32 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    """Show every runtime that answers here."""
+    """Show every runtime that answers here, and this folder's if it does not."""
     from labkit import discovery
 
     found = discovery.running_runtimes()
-    if not found:
+    own = runtime.read_record()
+    # Alive but silent (stopped with SIGSTOP, hung): `labkit up` says the same and starts nothing.
+    problem = None
+    if own and not any(rt.url == own.url and not rt.foreign for rt in found):
+        problem = launcher.unanswered(own)
+        print(f"- {problem}" if problem else f"- this folder's kit runtime: {own.url} (slow)")
+    if not found and own is None:
         print("No runtime is running. Start the embedded one with `labkit up`.")
     for rt in found:
+        if rt.foreign:
+            print(f"- {rt.name}: {rt.url} ({rt.reason}) — not used here; its owner may stop it")
+            continue
         print(f"- {rt.name}: {rt.url} ({rt.dialect} dialect) — {rt.reason}")
         print(f"    models: {', '.join(rt.models) or 'none'}")
-    return 0
+    return 1 if problem else 0
 
 
 def cmd_which(args: argparse.Namespace) -> int:
-    """Say which runtime notebooks will use, and why."""
+    """Say which runtime notebooks will use, and why (starts nothing; `labkit up` does)."""
     from labkit import discovery
 
-    print(discovery.find_runtime(start=not args.no_start))
+    print(discovery.find_runtime(start=False))
     return 0
 
 
@@ -135,6 +145,13 @@ def cmd_grade(args: argparse.Namespace) -> int:
     return cli.cli(args)
 
 
+def cmd_collect(args: argparse.Namespace) -> int:
+    """Copy each learner's exercise notebook from their home into SUBMISSIONS/NAME.ipynb."""
+    from labkit.grader import cli
+
+    return cli.collect_cli(args)
+
+
 def cmd_update(args: argparse.Namespace) -> int:
     """Bring the course's new version into your folder, keeping every file you changed."""
     from labkit import update
@@ -160,7 +177,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     add("down", cmd_down)
     add("status", cmd_status)
     p = add("which", cmd_which)
-    p.add_argument("--no-start", action="store_true", help="do not start the embedded runtime")
+    # Kept so that older scripts still run: `which` never starts anything now.
+    p.add_argument("--no-start", action="store_true", help=argparse.SUPPRESS)
     p = add("lab", cmd_lab)
     p.add_argument("--headless", action="store_true", help="do not open a browser (servers)")
     p.add_argument("--port", type=int, default=8888, help="JupyterLab's port (default 8888)")
@@ -178,6 +196,11 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
     update.add_arguments(add("update", cmd_update))
     grader = add("assign", cmd_assign), add("grade", cmd_grade)
+    collect = add("collect", cmd_collect)
+    if command in (None, "collect"):
+        from labkit.grader import cli as grader_cli
+
+        grader_cli.add_collect_arguments(collect)
     if command in (None, "assign", "grade"):
         # The grader's options need the grader; other commands should not pay for loading it.
         from labkit.grader import assign, cli

@@ -1,10 +1,16 @@
 """Which local runtime am I using, and why?
 
 The search order: an explicit setting (``LABKIT_BASE_URL``, or ``OLLAMA_HOST`` as Ollama's
-own client reads it) → a running Ollama → LM Studio → a llama.cpp server → the kit's
-embedded runtime, started when asked (``find_runtime(start=True)``). Embeddings come from the
-same address unless ``LABKIT_EMBED_URL`` names a second one (llama.cpp serves embeddings from
-its own instance).
+own client reads it) → this folder's own kit runtime, if it runs → a running Ollama → LM Studio
+→ a llama.cpp server → the kit's embedded runtime, started when asked
+(``find_runtime(start=True)``). Embeddings come from the same address unless
+``LABKIT_EMBED_URL`` names a second one (llama.cpp serves embeddings from its own instance).
+
+A kit runtime names its owner in every answer (``labkit/runtime/identity.py``). Another
+folder's or another user's kit runtime on a known port is never used without being asked for:
+its owner may stop it at any time, and your prompts would reach their process.
+``running_runtimes()`` lists it, marked ``foreign``; only a runtime its operator started as
+shared (``--shared``, the team's systemd service) is used like any other.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from urllib.parse import urlsplit
 from labkit import runtime
 from labkit.errors import InvalidInput, RuntimeUnavailable
 from labkit.probe import KNOWN_RUNTIMES, OLLAMA, PROBE_TIMEOUT, identify
+from labkit.runtime.launcher import identify_at, server_folder
 from labkit.transport import base_url
 
 __all__ = [
@@ -47,6 +54,8 @@ class Runtime:
     # Where embeddings are asked for, and the models listed there (the same server by default).
     embed_url: str = ""
     embed_models: tuple[str, ...] | None = None
+    # Another folder's or user's kit runtime: listed by running_runtimes(), never chosen.
+    foreign: bool = False
 
     @property
     def openai_url(self) -> str:
@@ -175,7 +184,7 @@ def find_runtime(*, start: bool = False) -> Runtime:
     With nothing running, ``start=True`` starts the kit's embedded runtime; otherwise this
     raises RuntimeUnavailable (a server takes memory and CPU, so it starts only when asked).
     """
-    embedded = runtime.read_record()
+    own = runtime.read_record()
     for variable in ("LABKIT_BASE_URL", "OLLAMA_HOST"):
         if value := os.environ.get(variable):
             url = base_url(value if variable == "LABKIT_BASE_URL" else ollama_host_url(value))
@@ -189,22 +198,20 @@ def find_runtime(*, start: bool = False) -> Runtime:
                 Runtime("custom", url, found[0], f"set by ${variable}", found[1])
             )
 
-    for name, port, _ in KNOWN_RUNTIMES:
-        url = f"http://127.0.0.1:{port}"
-        if (found := probe(url)) is None:
-            continue
-        if embedded and embedded.url == url:
-            return _embedded(embedded, found, "the kit's embedded runtime is running")
-        return _with_embed_server(
-            Runtime(name, url, found[0], f"found running on port {port}", found[1])
-        )
+    if own and (found := _own_answer(own)):
+        return _embedded(own, found, "the kit's embedded runtime of this folder is running")
+    strangers = []
+    for rt in _on_known_ports(own, "found running on port {port}"):
+        if not rt.foreign:
+            silent = f"; this folder's kit runtime (pid {own.pid}) does not answer" if own else ""
+            return replace(rt, reason=rt.reason + silent)
+        strangers.append(rt)
 
-    if embedded and (found := probe(embedded.url)):
-        return _embedded(embedded, found, "the kit's embedded runtime is running")
     if not start:
+        nothing = "No runtime this folder may use" if strangers else "No local runtime"
         raise RuntimeUnavailable(
-            "No local runtime is running. Run `labkit up` in a terminal, or start Ollama, "
-            "LM Studio or a llama.cpp server."
+            f"{nothing} is running. Run `labkit up` in a terminal, or start Ollama, "
+            "LM Studio or a llama.cpp server." + "".join(_passed_over(rt) for rt in strangers)
         )
     record = runtime.up(say=False)
     found = probe(record.url) or ("ollama", tuple(record.models))
@@ -230,18 +237,67 @@ def _embedded(
 
 
 def running_runtimes() -> list[Runtime]:
-    """Every known runtime answering on its default port, plus the embedded one."""
-    embedded = runtime.read_record()
+    """Every known runtime answering on its default port (foreign ones marked), plus this folder's."""
+    own = runtime.read_record()
+    found = _on_known_ports(own, "answers on port {port}")
+    if own and (answer := _own_answer(own)):
+        found.append(_embedded(own, answer, f"started by labkit, pid {own.pid}"))
+    return found
+
+
+def _on_known_ports(own: runtime.RuntimeRecord | None, why: str) -> list[Runtime]:
+    """The runtimes answering on the known ports, in search order (this folder's left out)."""
     found: list[Runtime] = []
     for name, port, _ in KNOWN_RUNTIMES:
         url = f"http://127.0.0.1:{port}"
-        if embedded and embedded.url == url:
+        if own and own.url == url:
+            continue  # this folder's runtime: asked about on its own, by instance
+        if (answer := probe(url)) is None:
             continue
-        if answer := probe(url):
-            found.append(Runtime(name, url, answer[0], f"answers on port {port}", answer[1]))
-    if embedded and (answer := probe(embedded.url)):
-        found.append(_embedded(embedded, answer, f"started by labkit, pid {embedded.pid}"))
+        rt = Runtime(name, url, answer[0], why.format(port=port), answer[1])
+        if answer[0] == "ollama" and (other := _kit_runtime(rt, own)) is not None:
+            rt = other
+        found.append(rt if rt.foreign else _with_embed_server(rt))
     return found
+
+
+def _own_answer(own: runtime.RuntimeRecord) -> tuple[str, tuple[str, ...]] | None:
+    """What this folder's runtime answers, if it is the one at its address (None if not)."""
+    found = probe(own.url)
+    if found is None or not own.instance:
+        return found
+    seen = identify_at(own.url, PROBE_TIMEOUT)
+    # Only the instance in this folder's private record proves the answer is its runtime's.
+    return found if seen and seen[0] and seen[0].instance == own.instance else None
+
+
+def _kit_runtime(rt: Runtime, own: runtime.RuntimeRecord | None) -> Runtime | None:
+    """``rt`` as the kit runtime it is (another folder's or user's, or a shared one), or None."""
+    seen = identify_at(rt.url, PROBE_TIMEOUT)
+    if seen is None or seen[0] is None:
+        return None  # not a kit runtime: Ollama itself, or an older kit
+    who = seen[0]
+    relation = who.relation(own.instance if own else None, runtime.home())
+    if relation == "shared":
+        return replace(rt, name=f"shared kit runtime (run by {who.user})")
+    if relation == "user":
+        return replace(rt, name="another user's kit runtime", reason=f"{who.user}'s", foreign=True)
+    port = urlsplit(rt.url).port
+    folder = server_folder(port) if port else None
+    why = f"started for {folder}" if folder else "started in another checkout"
+    if relation == "other":
+        why = "claims this folder, but its record names another runtime"
+    return replace(rt, name="another folder's kit runtime", reason=why, foreign=True)
+
+
+def _passed_over(rt: Runtime) -> str:
+    """One sentence on a foreign kit runtime that discovery saw and did not use."""
+    return (
+        f" {rt.name.capitalize()} answers at {rt.url} ({rt.reason}); labkit does not use it: "
+        "its owner may stop it at any time, and what you send would reach their process. "
+        f"`labkit up` starts this folder's own; to use that one anyway, set "
+        f"LABKIT_BASE_URL={rt.url}."
+    )
 
 
 def use_ollama_dialect(*, say: bool = True) -> Runtime:
@@ -254,7 +310,7 @@ def use_ollama_dialect(*, say: bool = True) -> Runtime:
     usual = find_runtime(start=True)
     if usual.dialect == "ollama":
         return usual
-    others = [rt for rt in running_runtimes() if rt.dialect == "ollama"]
+    others = [rt for rt in running_runtimes() if rt.dialect == "ollama" and not rt.foreign]
     url = others[0].url if others else runtime.up(say=False).url
     for name in ("LABKIT_CHAT_MODEL", "LABKIT_EMBED_MODEL_NAME", "LABKIT_EMBED_URL"):
         os.environ.pop(name, None)  # they name models of the other runtime

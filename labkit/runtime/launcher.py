@@ -29,6 +29,8 @@ from typing import IO
 from urllib.parse import urlsplit
 
 from labkit.errors import RuntimeStartError
+from labkit.runtime import limits
+from labkit.runtime.identity import HEADER, Identity
 
 DEFAULT_PORT = 11434  # Ollama's port: the embedded runtime speaks Ollama's dialect there.
 CHAT_MODEL = "smollm2:135m"
@@ -80,6 +82,7 @@ class RuntimeRecord:
     log: str = ""
     started: float = 0.0
     api_key: str = ""  # llama.cpp's servers answer only requests that carry it
+    instance: str = ""  # drawn at each start; the runtime's X-Labkit-Runtime header names it
 
     @property
     def llama_headers(self) -> dict[str, str]:
@@ -120,7 +123,10 @@ def read_record(state_dir: Path | None = None) -> RuntimeRecord | None:
     if record is not None and _is_our_server(record.pid, state_dir, record.port):
         return record
     if record is not None:
-        path.unlink(missing_ok=True)  # the process is gone (or is not ours): the record is stale
+        # The process is gone (or is not ours): the record is stale. A read-only folder
+        # keeps it, and that is harmless: it is checked again on every read.
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)
     # A damaged or missing record: the lock file tells whether a runtime still lives here.
     locked = _parse_record(lock_path(state_dir))
     if locked and _lock_held(state_dir) and _is_our_server(locked.pid, state_dir, locked.port):
@@ -138,20 +144,37 @@ def _parse_record(path: Path) -> RuntimeRecord | None:
 def write_record(record: RuntimeRecord, state_dir: Path | None = None) -> None:
     """Write the record atomically (a reader never sees half), readable by its owner only."""
     path = record_path(state_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.unlink(missing_ok=True)
-    # The record holds the key to llama.cpp's servers: create it private, never widen it.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as file:
-        file.write(json.dumps(asdict(record), indent=2))
-    tmp.replace(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.unlink(missing_ok=True)
+        # The record holds the key to llama.cpp's servers: create it private, never widen it.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as file:
+            file.write(json.dumps(asdict(record), indent=2))
+        tmp.replace(path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)  # a full disk leaves no empty record behind
+        raise RuntimeStartError(unwritable(path.parent, exc)) from exc
+
+
+def unwritable(state_dir: Path, exc: OSError) -> str:
+    """The one sentence for a state folder the runtime cannot write to."""
+    why = exc.strerror or str(exc)
+    return (
+        f"Cannot write to the runtime's folder {state_dir} ({why}): free some disk space or "
+        "make it writable, or choose another folder with LABKIT_HOME=/some/folder."
+    )
 
 
 def hold_lock(state_dir: Path) -> IO[str]:
     """Lock this folder's ``runtime.lock`` for the calling process's life (fails if taken)."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock_path(state_dir), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_path(state_dir), os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise RuntimeStartError(unwritable(state_dir, exc)) from exc
     file = os.fdopen(fd, "r+")
     try:
         _lock(file, blocking=False)
@@ -165,10 +188,13 @@ def hold_lock(state_dir: Path) -> IO[str]:
 
 def publish_lock(file: IO[str], record: RuntimeRecord) -> None:
     """Copy the record into the held lock file, the fallback when ``runtime.json`` is damaged."""
-    file.seek(0)
-    file.truncate()
-    file.write(json.dumps(asdict(record)))
-    file.flush()
+    try:
+        file.seek(0)
+        file.truncate()
+        file.write(json.dumps(asdict(record)))
+        file.flush()
+    except OSError as exc:
+        raise RuntimeStartError(unwritable(Path(file.name).parent, exc)) from exc
 
 
 def _lock(file: IO[str], *, blocking: bool) -> None:
@@ -192,10 +218,29 @@ def _lock_held(state_dir: Path) -> bool:
 @contextlib.contextmanager
 def _starting(state_dir: Path) -> Iterator[None]:
     """Hold ``up.lock`` while starting, so a second ``up`` waits and then finds the first."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    with open(state_dir / "up.lock", "a") as file:
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        file = open(state_dir / "up.lock", "a")  # noqa: SIM115 (closed below)
+    except OSError as exc:
+        raise RuntimeStartError(unwritable(state_dir, exc)) from exc
+    with file:
         _lock(file, blocking=True)
         yield
+
+
+def _check_writable(state_dir: Path) -> None:
+    """Fail now, with one sentence, if the record and the log could not be written."""
+    probe = state_dir / "write-test.tmp"
+    try:
+        with open(probe, "wb") as file:
+            file.write(b"\0" * 4096)  # a full disk or a file-size limit refuses bytes, not names
+            file.flush()
+            os.fsync(file.fileno())
+    except OSError as exc:
+        raise RuntimeStartError(unwritable(state_dir, exc)) from exc
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink(missing_ok=True)
 
 
 def _is_our_server(pid: int, state_dir: Path, port: int | None) -> bool:
@@ -260,7 +305,11 @@ def up(
 ) -> RuntimeRecord:
     """Start the embedded runtime in the background (or return the one already running)."""
     state_dir = state_dir or home()
+    # The runtime inherits this process's limits: give it every descriptor the system allows.
+    soft, hard = limits.raise_open_files()
     with _starting(state_dir):
+        if (warning := limits.low_limit_warning(soft, hard)) and read_record(state_dir) is None:
+            _say(say, warning)
         return _up(port, state_dir, threads, timeout, say)
 
 
@@ -269,8 +318,11 @@ def _up(
 ) -> RuntimeRecord:
     """``up`` once this process alone is starting a runtime for ``state_dir``."""
     if running := read_record(state_dir):
+        if problem := unanswered(running):
+            raise RuntimeStartError(problem)
         _say(say, f"The embedded runtime is already running at {running.url} (pid {running.pid}).")
         return running
+    _check_writable(state_dir)
     chat_model_path()  # fail early, in this process, with a clear message
     if not embed_model_path().exists():
         raise RuntimeStartError(
@@ -305,7 +357,7 @@ def _spawn(port: int, state_dir: Path, threads: int | None, timeout: float) -> R
     log = log_path(state_dir)
     # An absolute folder: ``down`` compares it with the folder it was asked about.
     cmd = [sys.executable, "-m", "labkit.runtime.server", "--port", str(port)]
-    cmd += ["--state-dir", str(state_dir.resolve())]
+    cmd += ["--state-dir", str(state_dir.resolve()), "--log", str(log.resolve())]
     if threads:
         cmd += ["--threads", str(threads)]
     with open(log, "ab") as log_file:
@@ -361,6 +413,7 @@ def down(*, state_dir: Path | None = None, timeout: float = 10.0, say: bool = Tr
         _say(say, "No embedded runtime is running.")
         return False
     os.kill(record.pid, signal.SIGTERM)
+    os.kill(record.pid, signal.SIGCONT)  # a stopped runtime (SIGSTOP) gets to act on it
     deadline = time.monotonic() + timeout
     while _pid_alive(record.pid) and time.monotonic() < deadline:
         _reap(record.pid)
@@ -368,9 +421,67 @@ def down(*, state_dir: Path | None = None, timeout: float = 10.0, say: bool = Tr
     if _pid_alive(record.pid) and _is_our_server(record.pid, state_dir, record.port):
         os.kill(record.pid, signal.SIGKILL)
     _reap(record.pid)
-    record_path(state_dir).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        record_path(state_dir).unlink(missing_ok=True)
     _say(say, f"Stopped the embedded runtime (pid {record.pid}).")
     return True
+
+
+def unanswered(record: RuntimeRecord, timeout: float = 5.0) -> str | None:
+    """Why this folder's live runtime does not answer, in one sentence; None when it does."""
+    where = f"This folder's runtime at {record.url} (pid {record.pid})"
+    if _process_state(record.pid) in ("T", "t"):
+        return (
+            f"{where} is stopped (by SIGSTOP or Ctrl+Z) and answers nothing: resume it with "
+            f"`kill -CONT {record.pid}`, or end it with `labkit down` and start it again."
+        )
+    if (found := identify_at(record.url, timeout)) is not None:
+        if not record.instance or found[0] is None or found[0].instance == record.instance:
+            return None
+        return f"{where} is alive, but another program answers on its port."
+    return (
+        f"{where} is alive but does not answer within {timeout:g} s (hung, or the machine is "
+        f"overloaded): see its log, {record.log or log_path()}, or end it with `labkit down` "
+        "and start it again."
+    )
+
+
+def identify_at(url: str, timeout: float = 2.0) -> tuple[Identity | None, str] | None:
+    """``GET url/``: the kit runtime's identity there (None if not one) and the answer's text."""
+    import urllib.error
+    import urllib.request
+
+    # No proxy from the environment: the runtime is on this machine.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url + "/", timeout=timeout) as answer:
+            text = answer.read(256).decode(errors="replace")
+            return Identity.parse(answer.headers.get(HEADER)), text
+    except urllib.error.HTTPError as exc:
+        return Identity.parse(exc.headers.get(HEADER)), ""
+    except (OSError, ValueError):
+        return None
+
+
+def _process_state(pid: int) -> str:
+    """The kernel's one-letter state of ``pid`` (R, S, T, ...), or "" where it cannot be read."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
+
+
+def server_folder(port: int) -> Path | None:
+    """The state folder of the kit runtime serving ``port`` on this machine, if /proc shows it."""
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        given = dict(itertools.pairwise(argv))
+        if given.get("-m") == "labkit.runtime.server" and given.get("--port") == str(port):
+            return Path(given["--state-dir"]) if "--state-dir" in given else None
+    return None
 
 
 def _reap(pid: int) -> None:
