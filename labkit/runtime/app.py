@@ -34,6 +34,7 @@ from labkit.runtime.common import (
     error,
     openai_error,
     server_props,
+    shown,
 )
 from labkit.runtime.embed import embed, embeddings
 from labkit.runtime.gguf import gguf_info
@@ -43,6 +44,9 @@ from labkit.runtime.openai import forward_openai, openai_model, openai_models
 __all__ = [
     "create_app",
 ]
+
+# Characters of an error message at most: a message may quote what the client sent.
+MAX_MESSAGE = 2000
 
 
 def create_app(backend: Backend) -> web.Application:
@@ -115,10 +119,11 @@ async def _errors(
 ) -> web.StreamResponse:
     """Turn every failure into the answer Ollama gives, so a bad request never stops us."""
     openai = request.path.startswith("/v1/")
+    answer = openai_error if openai else error
     try:
         return await handler(request)
     except ApiError as exc:
-        return openai_error(exc.status, exc.message) if openai else error(exc.status, exc.message)
+        return answer(exc.status, shown(exc.message, MAX_MESSAGE))
     except web.HTTPNotFound:
         return web.Response(status=404, text="404 page not found")  # Ollama's (Gin's) words
     except web.HTTPMethodNotAllowed:
@@ -126,11 +131,11 @@ async def _errors(
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return openai_error(exc.status, exc.reason) if openai else error(exc.status, exc.reason)
+        return answer(exc.status, shown(exc.reason, MAX_MESSAGE))
     except aiohttp.ClientError as exc:
         message = f"the model server (llama.cpp) did not answer: {exc}. Restart the runtime."
-        return openai_error(502, message) if openai else error(502, message)
+        return answer(502, shown(message, MAX_MESSAGE))
     except Exception as exc:  # a bug here must not take the server down
         traceback.print_exc(file=sys.stderr)
         message = f"internal error: {type(exc).__name__}: {exc}"
-        return openai_error(500, message) if openai else error(500, message)
+        return answer(500, shown(message, MAX_MESSAGE))

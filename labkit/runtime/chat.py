@@ -32,12 +32,11 @@ from labkit.runtime.common import (
     ndjson_line,
     post_json,
     read_object,
-    slot_context,
     timestamp,
     unless_client_leaves,
     upstream_error,
 )
-from labkit.runtime.embed import TOKEN_BYTES
+from labkit.runtime.fields import limit_cost
 from labkit.runtime.gguf import gguf_info
 
 __all__ = [
@@ -47,6 +46,13 @@ __all__ = [
     "generate",
     "relay",
 ]
+
+# llama.cpp's names of the options whose cost is checked, as an Ollama client writes them.
+OPTION_NAMES = {
+    "n_predict": "options.num_predict",
+    "stop": "options.stop",
+    "repeat_last_n": "options.repeat_last_n",
+}
 
 
 @dataclass
@@ -83,10 +89,11 @@ async def chat(request: web.Request) -> web.StreamResponse:
     if not model.chat:
         raise ApiError(400, f'"{label}" does not support chat')
     if body.get("tools"):  # any model can call tools here: decoding is constrained to them
+        asked = {"messages": body.get("messages"), **sampling(body)}
+        checked = await limit_cost(request.app, model.url, asked, OPTION_NAMES)
+        del checked["messages"]
         with request.app[LOAD].generation():
-            return await tools.chat(
-                request.app[SESSION], model.url, body, label, "ollama", sampling(body)
-            )
+            return await tools.chat(request.app[SESSION], model.url, body, label, "ollama", checked)
     messages = chat_messages(body, label)
     stream = field_of(body, "stream", bool, True)
     keep_alive = check_keep_alive(body)
@@ -94,8 +101,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
     payload: dict[str, Any] = {"messages": messages, "stream": True, **sampling(body)}
     if (schema := json_schema(body)) is not None:
         payload["response_format"] = {"type": "json_schema", "json_schema": {"schema": schema}}
-    size = sum(len(m["content"].encode()) for m in messages)
-    await _check_length(request, model, size)
+    payload = await limit_cost(request.app, model.url, payload, OPTION_NAMES)
     if not messages:  # Ollama loads (or, with keep_alive 0, unloads) the model
         return _loaded(label, chat=True, unload=keep_alive == 0.0)
     url = model.url + "/v1/chat/completions"
@@ -134,7 +140,8 @@ async def generate(request: web.Request) -> web.StreamResponse:
     payload: dict[str, Any] = {"stream": True, **sampling(body)}
     if (schema := json_schema(body)) is not None:
         payload["json_schema"] = schema
-    await _check_length(request, model, len(prompt.encode()) + len(system.encode()))
+    asked = {**payload, "prompt": f"{system}\n{prompt}" if system else prompt}
+    payload = await limit_cost(request.app, model.url, asked, OPTION_NAMES)
     if not prompt:
         return _loaded(label, chat=False, unload=keep_alive == 0.0)
     loaded = time.perf_counter()
@@ -144,17 +151,6 @@ async def generate(request: web.Request) -> web.StreamResponse:
     url = model.url + "/completion"
     turn = Turn(False, label, url, payload, stream, started, loaded, None if raw else prompt)
     return await relay(request, turn)
-
-
-async def _check_length(request: web.Request, model: Model, size: int) -> None:
-    """Refuse a prompt far too long for the context before llama.cpp tokenizes it all."""
-    n_ctx = await slot_context(request.app, model.url)
-    if n_ctx and size > n_ctx * TOKEN_BYTES:
-        raise ApiError(
-            400,
-            f"the prompt is {size} bytes, far more than the {n_ctx} tokens this model reads "
-            "at once; shorten the prompt (or the conversation) to fit",
-        )
 
 
 async def _templated(

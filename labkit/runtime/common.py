@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import math
+import re
 from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -35,6 +36,7 @@ __all__ = [
     "post_json",
     "read_object",
     "server_props",
+    "shown",
     "slot_context",
     "timestamp",
     "type_name",
@@ -164,6 +166,14 @@ async def read_object(request: web.Request) -> dict[str, Any]:
         raise ApiError(
             413, f"request body too large; the limit is {request.client_max_size} bytes"
         ) from exc
+    except (web.RequestPayloadError, aiohttp.http_exceptions.HttpProcessingError) as exc:
+        # A body that does not decode as its Content-Encoding says (gzip that is no gzip).
+        encoding = request.headers.get("Content-Encoding", "")
+        raise ApiError(
+            400,
+            f"the request body could not be decoded as Content-Encoding {shown(encoding)!r}; "
+            "send it as it is (without that header) or compress it as the header says",
+        ) from exc
     if not raw.strip():
         raise ApiError(400, "missing request body")
     try:
@@ -174,9 +184,16 @@ async def read_object(request: web.Request) -> dict[str, Any]:
         raise ApiError(400, f"invalid JSON in the request body: {exc}") from exc
     if not isinstance(body, dict):
         raise ApiError(400, f"the request body must be a JSON object, got {type_name(body)}")
-    if _depth(body) > MAX_JSON_DEPTH:
+    depth, surrogate = _walk(body)
+    if depth > MAX_JSON_DEPTH:
         message = f"invalid JSON in the request body: nested more than {MAX_JSON_DEPTH} levels"
         raise ApiError(400, message)
+    if surrogate:
+        raise ApiError(
+            400,
+            f"invalid text in the request body: {surrogate} holds a lone surrogate (such as "
+            "\\ud800), which is half of a character and no text; send valid UTF-8",
+        )
     return body
 
 
@@ -191,18 +208,44 @@ def _no_constant(text: str) -> float:
     raise ValueError(f"{text} is not a JSON number")
 
 
-def _depth(value: Any) -> int:
-    """How deeply ``value`` nests lists and objects (iterative: no recursion to exhaust)."""
-    deepest, stack = 0, [(value, 1)]
+# What json.loads leaves of an unpaired "\\ud800" escape (a pair becomes one character).
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _walk(value: Any) -> tuple[int, str]:
+    """How deeply ``value`` nests, and where a string holds a lone surrogate ("" if none).
+
+    Iterative: no recursion to exhaust. A lone surrogate cannot be encoded as UTF-8, so it
+    would fail every step after this one.
+    """
+    deepest, found, stack = 0, "", [(value, 1, "the body")]
     while stack:
-        node, level = stack.pop()
+        node, level, where = stack.pop()
+        if isinstance(node, str):
+            if not found and not node.isascii() and _SURROGATE.search(node):
+                found = where
+            continue
         if isinstance(node, dict):
-            node = list(node.values())
-        if isinstance(node, list):
-            deepest = max(deepest, level)
-            if level <= MAX_JSON_DEPTH:
-                stack.extend((child, level + 1) for child in node)
-    return deepest
+            for key in node:
+                if not found and not key.isascii() and _SURROGATE.search(key):
+                    found = f"a key of {where}"
+            parent = "" if level == 1 else where + "."
+            children = [(child, parent + shown(str(key), 40)) for key, child in node.items()]
+        elif isinstance(node, list):
+            children = [(child, f"{where}[{n}]") for n, child in enumerate(node)]
+        else:
+            continue
+        deepest = max(deepest, level)
+        if level <= MAX_JSON_DEPTH:
+            stack.extend((child, level + 1, place) for child, place in children)
+    return deepest, found
+
+
+def shown(text: str, limit: int = 80) -> str:
+    """``text`` as an answer may repeat it: cut to ``limit`` characters, lone surrogates escaped."""
+    if len(text) > limit:
+        text = f"{text[:limit]}… ({len(text)} characters)"
+    return text.encode("utf-8", "backslashreplace").decode()
 
 
 def field_of(body: dict[str, Any], key: str, kind: type[T], default: T) -> T:
@@ -269,4 +312,8 @@ async def unless_client_leaves(request: web.Request, pending: Awaitable[T]) -> T
 
 
 def ndjson_line(obj: dict[str, Any]) -> bytes:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+    text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    try:
+        return text.encode() + b"\n"
+    except UnicodeEncodeError:  # a lone surrogate: a JSON escape carries it
+        return json.dumps(obj, separators=(",", ":")).encode() + b"\n"

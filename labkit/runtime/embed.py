@@ -22,6 +22,7 @@ from labkit.runtime.common import (
     json_answer,
     post_json,
     read_object,
+    shown,
     slot_context,
 )
 
@@ -147,7 +148,7 @@ async def embeddings(request: web.Request) -> web.Response:
     name = body.get("model")
     if name and isinstance(name, str) and find_model(backend, name) is None:
         # This older endpoint words "not found" differently in Ollama too.
-        raise ApiError(404, f'model "{name}" not found, try pulling it first')
+        raise ApiError(404, f'model "{shown(name)}" not found, try pulling it first')
     model, _label = _embedding_model(backend, body)
     prompt = field_of(body, "prompt", str, "")
     check_keep_alive(body)

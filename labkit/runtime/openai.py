@@ -19,12 +19,13 @@ from labkit.runtime.common import (
     field_of,
     json_answer,
     read_object,
-    type_name,
+    shown,
+    slot_context,
     unless_client_leaves,
     upstream_error,
 )
 from labkit.runtime.embed import fit_context
-from labkit.runtime.guard import check_schema_cost
+from labkit.runtime.fields import limit_cost, openai_fields
 
 __all__ = [
     "forward_openai",
@@ -49,7 +50,7 @@ async def openai_model(request: web.Request) -> web.Response:
     name = request.match_info["model"]
     model = find_model(request.app[BACKEND], name)
     if model is None:
-        raise ApiError(404, f"model '{name}' not found")
+        raise ApiError(404, f"model '{shown(name)}' not found")
     return json_answer(_openai_model(model))
 
 
@@ -62,18 +63,26 @@ async def forward_openai(request: web.Request) -> web.StreamResponse:
     if model.chat == wants_embeddings:
         what = "embeddings" if wants_embeddings else "completions"
         raise ApiError(400, f'"{label}" does not support {what}')
+    body = openai_fields(request.path, body)  # only what the kit documents reaches llama.cpp
     if wants_embeddings:
         body["input"] = await _fitted_input(request, model, body.get("input"))
         return await _forward(request, model.url + request.path, body)
-    if body.get("tools") and request.path.endswith("/chat/completions"):
+    _check_tools(body.get("tools"))
+    if body.get("tools"):
         # Tools are checked by the tool module (its messages say exactly what is wrong and it
         # bounds their cost); the rest of the request as any other.
-        check_openai_request({key: value for key, value in body.items() if key != "tools"})
+        rest = {key: value for key, value in body.items() if key != "tools"}
+        checked = await limit_cost(request.app, model.url, rest)
         with request.app[LOAD].generation():
             return await tools.chat(
-                request.app[SESSION], model.url, body, label, "openai", tools.openai_sampling(body)
+                request.app[SESSION],
+                model.url,
+                body,
+                label,
+                "openai",
+                tools.openai_sampling(checked),
             )
-    check_openai_request(body)
+    body = await limit_cost(request.app, model.url, body)
     with request.app[LOAD].generation():
         return await _forward_generation(request, model.url + request.path, body)
 
@@ -112,32 +121,19 @@ async def _forward(request: web.Request, url: str, body: dict[str, Any]) -> web.
         upstream.close()  # a client that left: llama.cpp stops when the connection drops
 
 
-def check_openai_request(body: dict[str, Any]) -> None:
-    """Refuse (400) malformed tools and too costly schemas or grammars before llama.cpp sees them."""
-    tools = body.get("tools")
-    if tools is not None:
-        if not isinstance(tools, list):
-            raise ApiError(400, f'"tools" must be a list, got {type_name(tools)}')
-        for number, tool in enumerate(tools):
-            function = tool.get("function") if isinstance(tool, dict) else None
-            name = function.get("name") if isinstance(function, dict) else None
-            if not isinstance(tool, dict) or tool.get("type") != "function" or not name:
-                raise ApiError(
-                    400,
-                    f'tools[{number}] must be {{"type": "function", "function": {{"name": ..., '
-                    '"parameters": {...}}}',
-                )
-    response_format = body.get("response_format")
-    if isinstance(response_format, dict):
-        inner = response_format.get("json_schema")
-        schema = inner.get("schema") if isinstance(inner, dict) else None
-        if schema is not None:
-            check_schema_cost(schema, "response_format")
-        if isinstance(response_format.get("schema"), dict):
-            check_schema_cost(response_format["schema"], "response_format")
-    for key in ("json_schema", "grammar"):  # llama.cpp's own fields
-        if body.get(key) is not None:
-            check_schema_cost(body[key], key)
+def _check_tools(tools: Any) -> None:
+    """Refuse (400) tools that are not functions with a name before llama.cpp sees them."""
+    if tools is None:
+        return
+    for number, tool in enumerate(tools):
+        function = tool.get("function") if isinstance(tool, dict) else None
+        name = function.get("name") if isinstance(function, dict) else None
+        if not isinstance(tool, dict) or tool.get("type") != "function" or not name:
+            raise ApiError(
+                400,
+                f'tools[{number}] must be {{"type": "function", "function": {{"name": ..., '
+                '"parameters": {...}}}',
+            )
 
 
 async def _fitted_input(request: web.Request, model: Model, given: Any) -> Any:
@@ -146,7 +142,23 @@ async def _fitted_input(request: web.Request, model: Model, given: Any) -> Any:
         return (await fit_context(request.app, model, [given], truncate=True))[0]
     if isinstance(given, list) and given and all(isinstance(t, str) and t for t in given):
         return await fit_context(request.app, model, given, truncate=True)
-    return given  # token lists and mistakes: llama.cpp answers those itself
+    lists = [given] if _token_list(given) else given if isinstance(given, list) else []
+    limit = await slot_context(request.app, model.url)
+    for number, tokens in enumerate(lists):
+        if _token_list(tokens) and limit and len(tokens) > limit:
+            raise ApiError(
+                400,
+                f"input {number} is {len(tokens)} tokens; the limit is {limit} tokens per "
+                "input (the model's context): cut the list, or send the text, which is cut "
+                "to fit",
+            )
+    return given  # other mistakes (bad token ids, empty lists): llama.cpp answers those
+
+
+def _token_list(value: Any) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(token, int) and not isinstance(token, bool) for token in value
+    )
 
 
 async def _collected(request: web.Request, url: str, body: dict[str, Any]) -> web.Response:
@@ -170,6 +182,7 @@ async def _collected(request: web.Request, url: str, body: dict[str, Any]) -> we
 async def _assemble(request: web.Request, upstream: Any) -> dict[str, Any]:
     """The non-streamed answer built from llama.cpp's chunks."""
     texts: dict[int, list[str]] = {}
+    logprobs: dict[int, list[Any]] = {}
     finish: dict[int, str | None] = {}
     last: dict[str, Any] = {}
     chat = True
@@ -178,6 +191,8 @@ async def _assemble(request: web.Request, upstream: Any) -> dict[str, Any]:
         if not line.startswith(b"data: ") or line.startswith(b"data: [DONE]"):
             continue
         event = json.loads(line[6:])
+        if not isinstance(event, dict):
+            continue  # llama.cpp opens a stream of several prompts with "data: null"
         if "error" in event:
             raise ApiError(500, str(event["error"]))
         last = event
@@ -187,16 +202,22 @@ async def _assemble(request: web.Request, upstream: Any) -> dict[str, Any]:
             piece = (choice.get("delta") or {}).get("content") if chat else choice.get("text")
             texts.setdefault(index, []).append(piece or "")
             finish[index] = choice.get("finish_reason") or finish.get(index)
+            found = choice.get("logprobs")
+            if isinstance(found, dict) and isinstance(found.get("content"), list):
+                logprobs.setdefault(index, []).extend(found["content"])
     if not last:
         raise ApiError(500, "the model server ended its answer early")
     choices = []
     for index in sorted(texts):
         text = "".join(texts[index])
         whole: dict[str, Any] = {"finish_reason": finish.get(index), "index": index}
+        found = {"content": logprobs[index]} if index in logprobs else None
         if chat:
             whole["message"] = {"role": "assistant", "content": text}
+            if found:
+                whole["logprobs"] = found
         else:
-            whole |= {"text": text, "logprobs": None}
+            whole |= {"text": text, "logprobs": found}
         choices.append(whole)
     answer: dict[str, Any] = {
         key: last[key] for key in ("created", "model", "system_fingerprint") if key in last
