@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -150,3 +151,37 @@ def test_a_current_policy_still_outranks_its_old_version() -> None:
     assert [h.chunk.doc for h in reranked] == ["new.md", "old.md"]
     raw = SentenceReranker().search(index, YOGA, 2, superseded_penalty=0)
     assert raw[0].chunk.doc == "old.md"  # the penalty, not the blend, puts the current first
+
+
+class JsonChatter(WordCounter):
+    """The word-counting embedder that also chats: it cites passage 1 and remembers prompts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.prompts: list[str] = []
+
+    def chat(self, messages: list[dict[str, str]], **options: object) -> SimpleNamespace:
+        self.prompts.append(messages[-1]["content"])
+        return SimpleNamespace(text='{"citations": [1], "answer": "Yes."}')
+
+
+def test_answer_reranks_by_default_with_the_index_s_own_reranker() -> None:
+    index, _ = make_index([DILUTED, TOPICAL])
+    client = JsonChatter()
+    index.client = client
+    everything = rag.ScoreGate(0)
+    reranked = rag.answer(YOGA, index, client, k=2, gate=everything, context=2048)
+    plain = rag.answer(YOGA, index, client, k=2, gate=everything, context=2048, rerank=False)
+    assert [h.chunk.id for h in reranked.passages] == ["d.md#0", "d.md#1"]
+    assert [h.chunk.id for h in plain.passages] == ["d.md#1", "d.md#0"]  # the test means something
+    assert client.prompts[0].index("yoga classes paid monthly") < client.prompts[0].index(TOPICAL)
+    shared = rag.rerank.shared_reranker(index)
+    assert shared is rag.rerank.shared_reranker(index) and "d.md#0" in shared._vectors
+    other, _ = make_index([DILUTED, TOPICAL])
+    assert rag.rerank.shared_reranker(other) is not shared  # one per index
+
+
+def test_the_gate_decides_before_any_sentence_is_embedded() -> None:
+    index, embedder = make_index([DILUTED, TOPICAL])
+    result = rag.answer(YOGA, index, JsonChatter(), gate=rag.ScoreGate(2.0), context=2048)
+    assert not result.found and embedder.sent == [YOGA]  # the question only: no reranking
