@@ -3,8 +3,8 @@
 ``python tests/runtimes/launch.py RECORD`` starts two llama.cpp servers the way a learner would
 (one for chat, one started for embeddings with mean pooling; no model aliases, so each is named
 by its file), and a small router on one address in front of them that speaks only ``/v1/*``
-and names the models as LM Studio does. The embedding server is reached through a cache (see
-``embedding_front``). When everything answers, the addresses go into RECORD (JSON):
+and names the models as LM Studio does. Both servers are reached through a cache of repeatable
+answers (see ``caching_front``). When everything answers, the addresses go into RECORD (JSON):
 ``chat_url`` and ``embed_url`` (the plain llama.cpp pair) and ``openai_url`` (the router). The
 process serves until SIGTERM.
 """
@@ -75,36 +75,42 @@ async def _serve_app(app: Any, stop: asyncio.Event) -> str:
 _HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host", "upgrade"}
 
 
-async def embedding_front(embed_url: str, stop: asyncio.Event) -> str:
-    """The embedding server, behind a cache of its embeddings: the same request is answered once.
+async def caching_front(upstream: str, stop: asyncio.Event) -> str:
+    """``upstream`` behind a cache of its replies: a repeatable request is computed once.
 
-    Both kinds of runtime use this one server, and a lesson embeds the same handbook on each:
-    the second kind gets the first one's vectors (byte for byte what the server sent), and
-    everything else passes through untouched.
+    Both kinds of runtime use the same two llama.cpp servers, and each runs the same notebooks:
+    the second kind gets the first one's answers (byte for byte what the server sent, renamed
+    to the model it asked for). Only what is repeatable is kept: embeddings, and generations
+    at temperature 0 or with a seed. Everything else, and every failure, passes through.
     """
     from aiohttp import web
 
     session = _session()
     cache: dict[str, tuple[int, str, bytes]] = {}
 
-    async def forward(request: web.Request) -> web.Response:
+    async def forward(request: web.Request) -> web.StreamResponse:
         body = await request.read()
-        cacheable = request.method == "POST" and "embed" in request.path
-        asked, key = _embedding_key(request.path_qs, body) if cacheable else (None, "")
+        asked, key = _cache_key(request.method, request.path_qs, body)
         if key in cache:
             status, kind, data = cache[key]
             return web.Response(status=status, body=_named(data, asked), content_type=kind)
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
         async with session.request(
-            request.method, embed_url + request.path_qs, data=body, headers=headers
-        ) as upstream:
-            data = await upstream.read()
-            reply = web.Response(status=upstream.status, body=data)
-            for name, value in upstream.headers.items():
+            request.method, upstream + request.path_qs, data=body, headers=headers
+        ) as answer:
+            reply = web.StreamResponse(status=answer.status)
+            for name, value in answer.headers.items():
                 if name.lower() not in _HOP:
                     reply.headers[name] = value
-            if key and upstream.status == 200:
-                cache[key] = (upstream.status, upstream.content_type, data)
+            await reply.prepare(request)
+            pieces = []
+            # Streamed on as it comes: a streaming test still sees its pieces one by one.
+            async for piece in answer.content.iter_any():
+                pieces.append(piece)
+                await reply.write(piece)
+            await reply.write_eof()
+            if key and answer.status == 200:
+                cache[key] = (answer.status, answer.content_type, b"".join(pieces))
             return reply
 
     app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -113,17 +119,22 @@ async def embedding_front(embed_url: str, stop: asyncio.Event) -> str:
     return await _serve_app(app, stop)
 
 
-def _embedding_key(path: str, body: bytes) -> tuple[Any, str]:
-    """The model a request names, and a key for it that leaves the model name out.
+def _cache_key(method: str, path: str, body: bytes) -> tuple[Any, str]:
+    """The model a request names, and a key for it that leaves the model name out ("" if none).
 
     A llama.cpp server serves its one model whatever name it is given; each kind of runtime
-    names it differently (by its file, or LM Studio's id), and should share the vectors.
+    names it differently (by its file, or LM Studio's id), and should share the answers.
     """
+    if method != "POST" or not any(word in path for word in ("embed", "completion")):
+        return None, ""
     try:
         data = json.loads(body)
     except ValueError:
         return None, ""
     if not isinstance(data, dict):
+        return None, ""
+    repeatable = data.get("temperature") == 0 or data.get("seed") not in (None, -1)
+    if "completion" in path and not repeatable:
         return None, ""
     asked = data.pop("model", None)
     text = path + "\n" + json.dumps(data, sort_keys=True)
@@ -134,7 +145,17 @@ def _named(data: bytes, model: Any) -> bytes:
     """A cached answer naming the model this request asked for, as llama.cpp's own would."""
     if model is None:
         return data
-    answer = json.loads(data)
+    if data.startswith(b"data:"):  # a stream of server-sent events: rename event by event
+        lines = []
+        for line in data.split(b"\n"):
+            if line.startswith(b"data: {"):
+                line = b"data: " + _named(line[6:], model)
+            lines.append(line)
+        return b"\n".join(lines)
+    try:
+        answer = json.loads(data)
+    except ValueError:
+        return data
     if isinstance(answer, dict) and "model" in answer:
         answer["model"] = model
         return json.dumps(answer).encode()
@@ -200,11 +221,12 @@ async def serve(record: Path, threads: int) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    embed_url = await embedding_front(embed.listening_address, stop)
+    chat_url = await caching_front(chat.listening_address, stop)
+    embed_url = await caching_front(embed.listening_address, stop)
     info = {
-        "chat_url": chat.listening_address,
+        "chat_url": chat_url,
         "embed_url": embed_url,
-        "openai_url": await router(chat.listening_address, embed_url, stop),
+        "openai_url": await router(chat_url, embed_url, stop),
     }
     tmp = record.with_suffix(".tmp")
     tmp.write_text(json.dumps(info, indent=1))
