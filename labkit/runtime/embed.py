@@ -25,6 +25,7 @@ from labkit.runtime.common import (
     shown,
     slot_context,
 )
+from labkit.runtime.vectors import cache_for
 
 __all__ = [
     "EMBED_BATCH",
@@ -48,7 +49,11 @@ def _embedding_model(backend: Backend, body: dict[str, Any]) -> tuple[Model, str
 
 
 async def embed(request: web.Request) -> web.Response:
-    """POST /api/embed: one normalized vector per input, via llama.cpp's /v1/embeddings."""
+    """POST /api/embed: one normalized vector per input, via llama.cpp's /v1/embeddings.
+
+    Texts embedded before come from the runtime's cache (``vectors.py``); as with Ollama's
+    prompt cache, ``prompt_eval_count`` counts only the tokens the model really read.
+    """
     started = time.perf_counter()
     body = await read_object(request)
     model, label = _embedding_model(request.app[BACKEND], body)
@@ -74,17 +79,26 @@ async def embed(request: web.Request) -> web.Response:
     # In batches, so other requests get their turn in between and a client that leaves
     # stops the work within one batch.
     load = request.app[LOAD]
+    cache = cache_for(model.url)
     for start in range(0, len(texts), EMBED_BATCH):
         check_connected(request)
         batch_started = time.perf_counter()
         inputs = await fit_context(request.app, model, texts[start : start + EMBED_BATCH], truncate)
+        found = [cache.get(model.name, given) for given in inputs]
+        todo = [n for n, vector in enumerate(found) if vector is None]
+        if not todo:  # every text was embedded before: nothing for llama.cpp to do
+            vectors += [vector for vector in found if vector is not None]
+            continue
         answer = await post_json(
             request.app[SESSION],
             model.url + "/v1/embeddings",
-            {"input": inputs, "encoding_format": "float"},
+            {"input": [inputs[n] for n in todo], "encoding_format": "float"},
         )
         data = sorted(answer["data"], key=lambda d: d["index"])
-        vectors += [item["embedding"] for item in data]
+        for n, item in zip(todo, data, strict=True):
+            found[n] = item["embedding"]
+            cache.put(model.name, inputs[n], item["embedding"])
+        vectors += [vector for vector in found if vector is not None]
         tokens += int(answer.get("usage", {}).get("prompt_tokens", 0))
         if load.generating and start + EMBED_BATCH < len(texts):
             # Someone waits for generated tokens, and both share the CPU: rest as long as
