@@ -37,6 +37,9 @@ def start_llama(model: Path, *, embedding: bool, threads: int) -> Any:
     params.port = 0
     params.cpuparams.n_threads = threads
     params.cpuparams_batch.n_threads = threads
+    # Threads that wait sleep instead of spinning: this pair shares two cores with the kit's
+    # runtime and the notebooks, and a spinning thread takes a core another one needs.
+    params.cpuparams.poll = params.cpuparams_batch.poll = 0
     params.n_parallel = 4
     if embedding:  # llama-server --embeddings --pooling mean
         params.embedding = True
