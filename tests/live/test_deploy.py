@@ -89,6 +89,7 @@ def nginx_config(folder: Path, port: int, upstream: int) -> Path:
         "/etc/nginx/snippets/labkit-proxy.conf": str(DEPLOY / "nginx/labkit-proxy.conf"),
         "/etc/ssl/labkit/fullchain.pem": str(cert),
         "/etc/ssl/labkit/privkey.pem": str(key),
+        "/var/log/nginx/labkit-error.log": str(folder / "labkit-error.log"),
     }
     for old, new in swaps.items():
         assert old in site, f"deploy/nginx/labkit.conf no longer has {old!r}"

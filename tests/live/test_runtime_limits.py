@@ -12,6 +12,11 @@ import gzip
 import hashlib
 import json
 import re
+import signal
+import socket
+import ssl
+import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -285,3 +290,54 @@ def test_a_huge_unknown_model_name_is_not_echoed_whole(embedded: runtime.Runtime
         assert len(answer.content) < 1000 and "100000 characters" in message, message
     answer = requests.get(embedded.url + "/v1/models/" + "m" * 5000, timeout=30)
     assert len(answer.content) < 1000 and "5000 characters" in _openai_error(answer, 404)
+
+
+# --- 5. The nginx front: no token in its logs, the runtime's body limit ----------------------
+
+
+@pytest.mark.nginx
+def test_nginx_logs_no_token_and_refuses_what_the_runtime_would(
+    embedded: runtime.RuntimeRecord, tmp_path: Path
+) -> None:
+    from test_deploy import NGINX, TOKEN, nginx_config  # the shipped config, test addresses
+
+    assert NGINX is not None
+    tmp_path.chmod(0o755)  # nginx's workers may run as another user
+    port = runtime.free_port()
+    main = nginx_config(tmp_path, port, embedded.port or 0)
+    # An operator's main log at "info", the level that writes repeated header lines whole.
+    main.write_text(main.read_text().replace(" warn;", " info;"))
+    server = subprocess.Popen(
+        [NGINX, "-c", str(main)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        url, cert = f"https://127.0.0.1:{port}", str(tmp_path / "cert.pem")
+        deadline = time.monotonic() + 10
+        while runtime.port_free(port) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        key = f"Bearer {TOKEN}"
+        assert requests.get(
+            url + "/api/version", headers={"Authorization": key}, verify=cert, timeout=10
+        ).ok
+        twice = [("Authorization", key), ("Authorization", key + "-other")]
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            context = ssl.create_default_context(cafile=cert)
+            with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+                head = "GET /api/version HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                head += "".join(f"{name}: {value}\r\n" for name, value in twice)
+                tls.sendall((head + "Connection: close\r\n\r\n").encode())
+                assert tls.recv(100).startswith(b"HTTP/1.1 400")
+        big = b"x" * (8 * 1024 * 1024 + 1)
+        for path, shape in (("/api/chat", str), ("/v1/chat/completions", dict)):
+            answer = requests.post(
+                url + path, data=big, headers={"Authorization": key}, verify=cert, timeout=60
+            )
+            assert answer.status_code == 413
+            assert isinstance(answer.json()["error"], shape)  # the dialect's error shape
+    finally:
+        server.send_signal(signal.SIGQUIT)
+        server.wait(timeout=10)
+    logs = {path.name: path.read_text() for path in tmp_path.glob("*.log")}
+    assert "labkit-error.log" in logs and "error.log" in logs
+    assert "too large body" in logs["labkit-error.log"]  # the site's log works
+    assert not [name for name, text in logs.items() if TOKEN in text], "a token reached a log"
