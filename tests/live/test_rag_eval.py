@@ -30,6 +30,7 @@ from labkit.rag.evaluation import (
     misses,
     plot_sweep,
     refusals,
+    reranking_holds,
     score_hits,
     split,
     sweep,
@@ -284,6 +285,8 @@ def test_sentence_reranking_lifts_recall_at_5_on_both_parts(
         reranked = evaluate(minilm, part, reranker=reranker)
         assert reranked["recall@5"] >= documented, reranked
         assert reranked["recall@5"] > plain["recall@5"], (plain, reranked)
+    # The rule by which answer() reranks by default, judged on the held-out part.
+    assert reranking_holds(plain, reranked), (plain, reranked)
     # The weight is what calibration picks among its neighbours: recall@5 first, then MRR.
     grid = {w: rag.SentenceReranker(w) for w in (0.2, 0.3, 0.4, 0.5)}
     for other in grid.values():
@@ -295,21 +298,19 @@ def test_sentence_reranking_lifts_recall_at_5_on_both_parts(
     }
 
 
-def test_answer_with_a_reranker_gives_the_reranked_passages(minilm: Index, client: Client) -> None:
+def test_answer_gives_the_reranked_passages_by_default(minilm: Index, client: Client) -> None:
     question = "Will the firm chip in for my yoga classes?"
-    reranker = rag.SentenceReranker()
     # The default gate wrongly refuses this colloquial question (see labkit/rag/gate.py).
     everything = rag.ScoreGate(0)
-    result = answer(
-        question, minilm, client, k=3, max_tokens=40, gate=everything, reranker=reranker
-    )
+    result = answer(question, minilm, client, k=3, max_tokens=40, gate=everything)
     assert result.found
+    reranker = rag.rerank.shared_reranker(minilm)  # the one answer() used: sentences embedded
     wanted = [h.chunk.id for h in reranker.search(minilm, question, 3)]
     assert [h.chunk.id for h in result.passages] == wanted
     plain = [h.chunk.id for h in minilm.search(question, 3)]
     assert wanted != plain, "reranking changed the passages: the test means something"
     far = "What is the boiling point of liquid nitrogen in kelvin?"
-    assert not answer(far, minilm, client, reranker=reranker).found  # the gate still guards
+    assert not answer(far, minilm, client).found  # the gate still guards
 
 
 def test_reranked_search_keeps_the_current_policy_first(minilm: Index) -> None:
