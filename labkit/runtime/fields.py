@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from labkit.runtime.common import TYPE_WORDS, ApiError, slot_context, type_name
+from labkit.runtime.common import TYPE_WORDS, ApiError, shown, slot_context, type_name
 from labkit.runtime.embed import TOKEN_BYTES
 from labkit.runtime.guard import check_schema_cost
 
@@ -182,11 +182,7 @@ async def limit_cost(
         if isinstance(value, int) and n_ctx and value > n_ctx:
             checked[key] = n_ctx  # no reply (or penalty window) is longer than the context
     _check_stop(payload.get("stop"), name("stop"))
-    bias = payload.get("logit_bias")
-    if isinstance(bias, dict) and len(bias) > MAX_LOGIT_BIAS:
-        raise _too_many(
-            "logit_bias", "token biases", len(bias), MAX_LOGIT_BIAS, "bias fewer tokens"
-        )
+    _check_bias(payload.get("logit_bias"))
     _check_schemas(payload)
     return checked
 
@@ -235,6 +231,24 @@ def _check_stop(stop: Any, name: str) -> None:
                 400,
                 f'"{name}" holds a stop sequence of {len(sequence)} characters; the limit is '
                 f"{MAX_STOP_CHARS}",
+            )
+
+
+def _check_bias(bias: Any) -> None:
+    """OpenAI's ``logit_bias``: token ids (llama.cpp would tokenize any other key) to -100..100."""
+    if not isinstance(bias, dict):
+        return
+    if len(bias) > MAX_LOGIT_BIAS:
+        raise _too_many(
+            "logit_bias", "token biases", len(bias), MAX_LOGIT_BIAS, "bias fewer tokens"
+        )
+    for key, value in bias.items():
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not key.isdigit() or len(key) > 9 or not number or not -100 <= value <= 100:
+            raise ApiError(
+                400,
+                f'"logit_bias" maps token ids to numbers from -100 to 100; got {shown(key, 20)!r}'
+                f": {shown(repr(value), 20)}",
             )
 
 

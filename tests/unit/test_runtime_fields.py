@@ -115,6 +115,11 @@ def test_what_multiplies_work_is_refused_naming_the_field_and_the_limit(
     assert field in message and limit in message, message
 
 
+@pytest.mark.parametrize("bias", [{"hello": 5}, {"12": 500}, {"12": "5"}, {"1" * 40: 1}])
+def test_logit_bias_maps_token_ids_to_numbers_in_range(bias: dict[str, Any]) -> None:
+    assert "-100 to 100" in _refused({"logit_bias": bias})
+
+
 def test_the_limits_themselves_are_accepted() -> None:
     worst = {
         "messages": [{"role": "user", "content": "x" * (N_CTX * 32)}],
