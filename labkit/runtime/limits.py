@@ -107,18 +107,26 @@ class RateLimited:
 
     def __call__(self, key: str, line: str) -> bool:
         """Write ``line`` unless a line with ``key`` went out less than ``interval`` ago."""
+        allowed, held = self.allow(key)
+        if allowed:
+            self.write(line + self.held_note(held))
+        return allowed
+
+    def allow(self, key: str) -> tuple[bool, int]:
+        """(may a line with ``key`` go out now, how many were held back since the last one)."""
         now = self.clock()
         with self._lock:
             last = self._last.get(key)
             if last is not None and now - last < self.interval:
                 self._held[key] = self._held.get(key, 0) + 1
-                return False
+                return False, 0
             self._last[key] = now
-            held = self._held.pop(key, 0)
-        if held:
-            line += f" ({held} more like it since the last one)"
-        self.write(line)
-        return True
+            return True, self._held.pop(key, 0)
+
+    @staticmethod
+    def held_note(held: int) -> str:
+        """What to add to a line after ``held`` like it were held back."""
+        return f" ({held} more like it since the last one)" if held else ""
 
 
 def rotate_output(

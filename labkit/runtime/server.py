@@ -192,15 +192,20 @@ def quiet_errors(loop: asyncio.AbstractEventLoop, say: limits.RateLimited) -> No
         key = f"{message}|{type(exc).__name__}|{getattr(exc, 'errno', '')}"
         if exc is None or isinstance(exc, OSError):
             say(key, f"{message}: {exc}" if exc else message)
-        elif say(key, ""):
-            loop.default_exception_handler(context)  # a bug: its traceback, once a second
+            return
+        allowed, held = say.allow(key)
+        if allowed:  # a bug: its traceback, once a second at most
+            loop.default_exception_handler({**context, "message": message + say.held_note(held)})
 
     loop.set_exception_handler(handle)
 
     class _Once(logging.Filter):
         def filter(self, record: logging.LogRecord) -> bool:
             kind = type(record.exc_info[1]).__name__ if record.exc_info else ""
-            return say(f"{record.name}|{record.msg}|{kind}", "")
+            allowed, held = say.allow(f"{record.name}|{record.msg}|{kind}")
+            if allowed and held:
+                record.msg = f"{record.msg}{say.held_note(held)}"
+            return allowed
 
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(_Once())

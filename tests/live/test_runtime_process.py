@@ -71,9 +71,8 @@ def low(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Started]:
     try:
         yield Started(home, record, done.stdout)
     finally:
-        with_cont = record.pid
-        if Path(f"/proc/{with_cont}").exists():
-            os.kill(with_cont, signal.SIGCONT)
+        if Path(f"/proc/{record.pid}").exists():
+            os.kill(record.pid, signal.SIGCONT)  # a failed test may leave it stopped
         runtime.down(state_dir=home, say=False)
 
 
