@@ -1,12 +1,17 @@
-"""The design coach: a chat with the local model about one module's design exercise.
+"""The design coach: a chat about one module's design exercise, answered from the course.
 
-A small model gives thin or wrong advice, so the coach never stands alone: next to the chat
-each module has a design guide that works without any model — a checklist, questions worth
-asking, and a worked example of a good design conversation. The coach's instructions and the
-guides are plain Markdown files in ``labkit/course/prompts/`` that an instructor can edit.
+A small model asked for advice invents (model names, code that does not run), so the coach
+answers from the course itself: each message is searched in the lessons, the design guides and
+the docs they link (``coach_index.py``), and the reply quotes or cites those passages with links
+to their lesson sections (``grounding.py``). With the bundled 135M model the model only picks
+which sentences to quote; a model of a few billion parameters writes the reply from the
+passages and cites them. ``grounded=False`` gives the plain chat of earlier versions.
 
-When the runtime lists several chat models, the coach starts on the largest one (by the size in
-its name); the learner can pick another in its dropdown.
+Next to the chat each module has a design guide that works without any model — a checklist,
+questions worth asking, and a worked example of a good design conversation. The coach's
+instructions and the guides are plain Markdown files in ``labkit/course/prompts/`` that an
+instructor can edit. When the runtime lists several chat models, the coach starts on the
+largest one (by the size in its name); the learner can pick another in its dropdown.
 """
 
 from __future__ import annotations
@@ -16,16 +21,20 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ipywidgets as w
 
 from labkit.client import Client
 from labkit.conversation import Conversation, Message, Summariser, summarise_with
-from labkit.course.display import Displayed, notice, text_html
+from labkit.course.display import Displayed, markdown_html, notice, text_html
 from labkit.course.picker import UNAVAILABLE, ModelPicker
 from labkit.errors import InvalidInput, LabkitError, RuntimeUnavailable
 from labkit.reply import Reply, Timeout
+
+if TYPE_CHECKING:
+    from labkit.course.coach_index import CourseIndex, Passage
+    from labkit.course.grounding import Grounded
 
 __all__ = ["MODULES", "Assistant", "Module", "assistant", "guide", "load_module"]
 
@@ -152,11 +161,23 @@ class Assistant(Displayed):
         keep_turns: int = 4,
         summarise: bool | Summariser = False,
         prefer_largest: bool | None = None,
+        grounded: bool = True,
+        mode: str = "auto",
+        course: CourseIndex | None = None,
+        seed_default: int = 42,
     ) -> None:
         if module not in MODULES:
             raise InvalidInput(f"module must be one of {sorted(MODULES)}, not {module!r}.")
         self.module = MODULES[module]
+        self.number = module
         self.max_tokens, self.temperature, self.seed = max_tokens, temperature, seed
+        # Grounded replies: from the course's passages, quoted or cited (see grounding.py).
+        from labkit.course.grounding import choose_mode
+
+        choose_mode(mode, None)  # an unknown mode is refused now, not at the first message
+        self.grounded, self.mode, self.course = grounded, mode, course
+        self.grounded_seed = seed if seed is not None else seed_default
+        self.last_grounded: Grounded | None = None
         self.timeout = timeout  # seconds for a whole reply, so a send never hangs the kernel
         summariser: Summariser | None = summarise if callable(summarise) else None
         if summarise is True:
@@ -252,6 +273,8 @@ class Assistant(Displayed):
         text = text.strip()
         if not text:
             return ""
+        if self.grounded:
+            return self._send_grounded(text)
         self._add_entry("You", text)
         self.conversation.add_user(text)
         pieces: list[str] = []
@@ -292,6 +315,119 @@ class Assistant(Displayed):
         else:
             self._add_entry("", f"(Stopped: the reply took longer than {self.timeout:g} s.)")
         return reply
+
+    def _course(self, client: Client) -> CourseIndex:
+        """The course's index, read from its cache (or built once) on the first message."""
+        if self.course is None:
+            from labkit.course.coach_index import CourseIndex
+
+            self.status.value = (
+                '<small style="color:#666">Reading the course (built once, then cached)…</small>'
+            )
+            self.course = CourseIndex.build(client, progress=False)
+        return self.course
+
+    def _link(self, passage: Passage) -> str:
+        """Where a passage's link leads: its lesson section in JupyterLab ("" for the guides)."""
+        from labkit.course.coach_index import lab_link
+
+        if not passage.notebook:
+            return ""
+        try:
+            return lab_link(passage.notebook, passage.heading)
+        except LabkitError:
+            return ""
+
+    def _send_grounded(self, text: str) -> str:
+        """Answer ``text`` from the course's passages: quoted or cited, streamed block by block."""
+        from labkit.course import grounding
+
+        self._add_entry("You", text)
+        self.conversation.add_user(text)
+        # A short follow-up ("and how do I read it?") is searched together with the question
+        # before it: alone it says too little to find a passage.
+        query = text
+        earlier = [m["content"] for m in self.conversation.history[:-1] if m["role"] == "user"]
+        if earlier and len(text.split()) < 8:
+            query = f"{earlier[-1]} {text}"
+        pieces: list[str] = []
+        try:
+            client = self._need_client()
+            course = self._course(client)
+            mode = grounding.choose_mode(self.mode, client.model)
+            if mode == "quote":
+                result = grounding.quote_reply(
+                    query,
+                    self.number,
+                    course,
+                    client,
+                    self._link,
+                    seed=self.grounded_seed,
+                    timeout=self.timeout,
+                )
+                for block in result.blocks():
+                    pieces.append(block)
+                    self.live.value = self._bubble("Coach", "".join(pieces))
+                    for observer in self.observers:
+                        observer(block)
+            else:
+                passages = course.search(query, self.number)
+                messages = grounding.generate_messages(text, passages, self.module.system)
+                written = self._stream_into_live(client, messages, pieces)
+                result = grounding.generate_reply(written, passages, self._link, self.last_reply)
+        except LabkitError as exc:
+            return self._failed(exc, "")
+        self.last_grounded = result
+        self.last_reply = result.reply
+        reply = result.text.strip()
+        self.conversation.add_assistant(reply)
+        self._past += self._bubble("Coach", reply) + self._passages_html(result)
+        self.output.value = self._past
+        self.live.value = ""
+        self._show_status()
+        return reply
+
+    def _stream_into_live(
+        self, client: Client, messages: list[dict[str, str]], pieces: list[str]
+    ) -> str:
+        """Stream a generated reply into the live area; the text written (cut at the timeout)."""
+        stream = client.stream(
+            messages,
+            max_tokens=self.max_tokens,
+            temperature=self.temperature,
+            seed=self.grounded_seed,
+            timeout=Timeout(connect=5.0, read=self.timeout),
+        )
+        deadline = time.monotonic() + self.timeout
+        finished = True
+        try:
+            for piece in stream:
+                pieces.append(piece)
+                self.live.value = self._bubble("Coach", "".join(pieces))
+                for observer in self.observers:
+                    observer(piece)
+                if time.monotonic() > deadline:
+                    finished = False
+                    break
+        finally:
+            stream.close()
+        self.last_reply = stream.reply if finished else None
+        return "".join(pieces)
+
+    @staticmethod
+    def _passages_html(result: Grounded) -> str:
+        """Every passage the search found, folded under the reply: what the coach read."""
+        items = "".join(
+            f'<li><b>{html.escape(p.label)}</b> <small style="color:#666">'
+            f"(similarity {p.score:.2f})</small>"
+            f'<div style="white-space:pre-wrap;color:#444">{html.escape(p.text.strip())}</div></li>'
+            for p in result.passages
+        )
+        return (
+            '<details style="margin:0 0 6px 0"><summary style="color:#666">'
+            f"The {len(result.passages)} passages of the course this reply was drawn from"
+            f'</summary><ol style="line-height:1.4">{items}</ol></details>'
+        )
 
     def _failed(self, exc: LabkitError, partial: str) -> str:
         """Show why there is no (complete) answer; keep the conversation consistent."""
@@ -335,8 +471,13 @@ class Assistant(Displayed):
 
     @staticmethod
     def _bubble(who: str, text: str) -> str:
+        # A normal line height: widgets set a tall one meant for one-line controls.
+        if who == "Coach":  # the coach writes Markdown: code blocks, lists, links
+            return (
+                '<div class="labkit-reply" style="margin:4px 0;line-height:1.4">'
+                f"<b>{html.escape(who)}:</b> {markdown_html(text)}</div>"
+            )
         return (
-            # A normal line height: widgets set a tall one meant for one-line controls.
             f'<div style="margin:4px 0;line-height:1.4;white-space:pre-wrap">'
             f"<b>{html.escape(who)}:</b> "
             f"{html.escape(text)}</div>"
@@ -345,6 +486,12 @@ class Assistant(Displayed):
     def _show_status(self) -> None:
         """One line on what was sent and how fast it came back: the numbers the course uses."""
         parts = [str(self.conversation.trimmed)]
+        if self.grounded and self.last_grounded is not None:
+            found = self.last_grounded
+            how = "quoted from" if found.mode == "quote" else "written from"
+            parts = [f"{how} {len(found.passages)} passages of the course"]
+            if found.unsupported:
+                parts.append(f"{len(found.unsupported)} names or numbers not in its sources")
         reply = self.last_reply
         if reply is not None:
             speed = reply.tokens_per_second

@@ -6,7 +6,6 @@ to force what a real runtime will not do on demand (a reply that never ends).
 
 from __future__ import annotations
 
-import html
 import itertools
 import os
 import time
@@ -19,11 +18,14 @@ from fake_server import Answer, FakeServer, Lines, ollama_lines, refused_url
 from labkit import Client, discovery
 from labkit.conversation import Message, message_tokens
 from labkit.course.coach import MODULES, Assistant, assistant
+from labkit.course.display import markdown_html
 from labkit.course.picker import model_picker
 from labkit.errors import InvalidInput
 from labkit.retry import RetryPolicy
 
-QUICK = {"max_tokens": 16, "temperature": 0.0, "seed": 11}
+# The chat machinery itself (streaming, trimming, summaries): the plain chat, not grounded in
+# the course (tests/live/test_coach.py tests the grounded coach).
+QUICK = {"max_tokens": 16, "temperature": 0.0, "seed": 11, "grounded": False}
 
 
 @pytest.fixture(scope="module")
@@ -91,8 +93,8 @@ def test_send_streams_the_reply_into_the_widget(client: Client) -> None:
     so_far = ""
     for piece, shown in seen:
         so_far += piece
-        assert html.escape(so_far) in shown
-    assert html.escape(reply) in coach.output.value and coach.live.value == ""
+        assert markdown_html(so_far) in shown
+    assert markdown_html(reply) in coach.output.value and coach.live.value == ""
     sent = coach.conversation.messages()
     assert sent[0] == {"role": "system", "content": MODULES[2].system}
     assert [m["role"] for m in coach.conversation.history] == ["user", "assistant"]
@@ -164,7 +166,7 @@ def test_a_reply_that_never_ends_is_cut_at_the_timeout() -> None:
     # The health check reads / and /api/tags, the picker the model list, then the chat.
     with FakeServer(Answer(200, "Ollama is running"), listing, listing, endless) as fake:
         slow = Client(fake.url, dialect="ollama", model="m", retry=RetryPolicy(attempts=1))
-        coach = Assistant(1, slow, timeout=0.6)
+        coach = Assistant(1, slow, timeout=0.6, grounded=False)
         start = time.monotonic()
         reply = coach.send("Tell me everything.")
         elapsed = time.monotonic() - start
@@ -184,7 +186,7 @@ def test_reply_reaches_the_browser_while_the_callback_runs(rt: discovery.Runtime
         kernel.wait_for_ready(timeout=60)
         setup = kernel.execute(
             "from labkit.course import assistant\n"
-            "coach = assistant(1, max_tokens=8, temperature=0, seed=11)\n"
+            "coach = assistant(1, max_tokens=8, temperature=0, seed=11, grounded=False)\n"
             "print(coach.input.model_id, coach.live.model_id)",
         )
         ids = _stdout_of(kernel, setup).split()
