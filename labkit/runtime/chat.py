@@ -32,6 +32,7 @@ from labkit.runtime.common import (
     ndjson_line,
     post_json,
     read_object,
+    slot_context,
     timestamp,
     unless_client_leaves,
     upstream_error,
@@ -163,6 +164,15 @@ async def _templated(
     templated = await post_json(session, model.url + "/apply-template", {"messages": messages})
     if not context:
         return str(templated["prompt"])
+    n_ctx = await slot_context(app, model.url)
+    if n_ctx and len(context) > n_ctx:
+        # More tokens than the model reads at once can never fit; detokenizing them would
+        # only cost the model server memory.
+        raise ApiError(
+            400,
+            f'"context" holds {len(context)} tokens; the limit is {n_ctx} (the context): '
+            "start a new conversation, or send a shorter one",
+        )
     vocabulary = (await gguf_info(model.path)).get("vocab_size")
     if vocabulary and not all(0 <= token < vocabulary for token in context):
         raise ApiError(400, f'"context" holds token ids outside 0..{vocabulary - 1}')

@@ -21,6 +21,7 @@ from labkit.runtime.common import (
     read_object,
     shown,
     slot_context,
+    type_name,
     unless_client_leaves,
     upstream_error,
 )
@@ -67,7 +68,6 @@ async def forward_openai(request: web.Request) -> web.StreamResponse:
     if wants_embeddings:
         body["input"] = await _fitted_input(request, model, body.get("input"))
         return await _forward(request, model.url + request.path, body)
-    _check_tools(body.get("tools"))
     if body.get("tools"):
         # Tools are checked by the tool module (its messages say exactly what is wrong and it
         # bounds their cost); the rest of the request as any other.
@@ -82,6 +82,7 @@ async def forward_openai(request: web.Request) -> web.StreamResponse:
                 "openai",
                 tools.openai_sampling(checked),
             )
+    _check_tools(body.get("tools"))
     body = await limit_cost(request.app, model.url, body)
     with request.app[LOAD].generation():
         return await _forward_generation(request, model.url + request.path, body)
@@ -125,6 +126,8 @@ def _check_tools(tools: Any) -> None:
     """Refuse (400) tools that are not functions with a name before llama.cpp sees them."""
     if tools is None:
         return
+    if not isinstance(tools, list):
+        raise ApiError(400, f'"tools" must be a list, got {type_name(tools)}')
     for number, tool in enumerate(tools):
         function = tool.get("function") if isinstance(tool, dict) else None
         name = function.get("name") if isinstance(function, dict) else None

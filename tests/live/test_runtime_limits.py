@@ -138,6 +138,14 @@ def test_fields_the_kit_does_not_pass_on_never_reach_llama_cpp(
     assert len(answer.json()["choices"]) == 1
 
 
+def test_a_generate_context_longer_than_the_context_is_refused(
+    embedded: runtime.RuntimeRecord,
+) -> None:
+    body = {"model": CHAT, "prompt": "Hi", "context": [1000] * 100_000, "stream": False}
+    message = _ollama_error(_post(embedded, "/api/generate", body))
+    assert '"context"' in message and "100000 tokens" in message and "2048" in message
+
+
 def test_a_token_budget_beyond_the_context_is_cut_to_it(embedded: runtime.RuntimeRecord) -> None:
     # Accepted: llama.cpp stops at the end of the context whatever the budget says.
     body = {"model": CHAT, "messages": HELLO, "max_tokens": 3, "stream": False}
