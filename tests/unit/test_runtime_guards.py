@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-from labkit.runtime import limits
+from labkit.runtime import launcher, limits
 from labkit.runtime.server import ConnectionCap
 
 
@@ -92,3 +96,25 @@ def test_the_log_rotates_and_keeps_a_few_old_files(tmp_path: Path) -> None:
     assert all((tmp_path / name).stat().st_size < 1000 + 65536 for name in names)
     text = "".join((tmp_path / name).read_text() for name in names)
     assert "python line 299" in text and "native line 299" in text  # the last lines arrived
+
+
+def test_a_live_but_silent_runtime_is_told_apart_from_a_stopped_one(tmp_path: Path) -> None:
+    """What `labkit status` and `labkit up` both say about a runtime whose pid lives."""
+    with socket.socket() as silent:  # listens, never answers: a hung runtime's port
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        log = str(tmp_path / "runtime.log")
+        sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        try:
+            record = launcher.RuntimeRecord(sleeper.pid, url, "", "", log=log, instance="i")
+            hung = launcher.unanswered(record, timeout=0.5)
+            os.kill(sleeper.pid, signal.SIGSTOP)
+            time.sleep(0.2)
+            stopped = launcher.unanswered(record, timeout=0.5)
+        finally:
+            sleeper.kill()
+            sleeper.wait()
+    assert hung is not None and "does not answer within 0.5 s" in hung and log in hung
+    assert stopped is not None and "is stopped (by SIGSTOP or Ctrl+Z)" in stopped
+    assert f"kill -CONT {sleeper.pid}" in stopped
