@@ -5,7 +5,8 @@ Each ``/api/*`` request is checked the way Ollama checks it (``checks.py``), tra
 request to llama.cpp (``chat.py``, ``embed.py``), and llama.cpp's answer is translated back,
 token by token, into Ollama's shapes. ``/v1/*`` (OpenAI's dialect, which real Ollama also
 serves) is forwarded (``openai.py``). Model listings come from the GGUF files (``catalog.py``,
-``gguf.py``); what is refused before any work starts is in ``guard.py``.
+``gguf.py``); what is refused before any work starts is in ``guard.py``; which fields reach
+llama.cpp, and what they may cost, in ``fields.py`` (both dialects).
 
 Where this server differs from real Ollama is listed in ``docs/ollama-differences.md``.
 """

@@ -1,4 +1,4 @@
-"""OpenAI's dialect (``/v1/*``): forwarded as it is to the llama.cpp server of the model."""
+"""OpenAI's dialect (``/v1/*``): forwarded to the llama.cpp server of the model, documented fields only."""
 
 from __future__ import annotations
 
