@@ -13,6 +13,10 @@ to the coach of its module, as a learner would send it, and each reply is scored
 The tuning part and the held-out part are printed side by side, then per module. The goal on
 the held-out part with the bundled model is 0 invented replies; the script exits 1 when it
 is missed, so a run says plainly whether it holds. ``--show`` prints every reply.
+
+``--chooser top`` leaves the chat model out of quote mode: the two best-scored sentences are
+quoted, as if the model always chose [1, 2]. It runs in seconds, and shows what the model's
+choice adds (or costs) against plain scoring.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from typing import Any
 from labkit import Client
 from labkit.course import grounding
 from labkit.course.coach import MODULES
-from labkit.course.coach_index import CourseIndex, Passage
+from labkit.course.coach_index import CourseIndex, Passage, anchor
 
 ROOT = Path(__file__).resolve().parent.parent
 MESSAGES = ROOT / "tests" / "data" / "coach" / "messages.jsonl"
@@ -42,16 +46,26 @@ def load(path: Path = MESSAGES) -> list[dict[str, Any]]:
 
 def link(passage: Passage) -> str:
     """The lesson link as the coach writes it (relative to the course's notebooks)."""
-    return f"{passage.notebook}#{passage.heading}" if passage.notebook else ""
+    return f"{passage.notebook}#{anchor(passage.heading)}" if passage.notebook else ""
+
+
+class TopChooser:
+    """Stands in for the chat model in quote mode: always the two best-scored sentences."""
+
+    model = "top-scored"
+
+    def chat(self, messages: Any, **ask: Any) -> Any:
+        return type("Choice", (), {"text": '{"quotes": [1, 2]}'})()
 
 
 def reply(
-    item: dict[str, Any], course: CourseIndex, client: Client, mode: str
+    item: dict[str, Any], course: CourseIndex, client: Client, mode: str, top: bool = False
 ) -> grounding.Grounded:
     """The coach's reply to one evaluation message."""
     module = int(item["module"])
     if mode == "quote":
-        return grounding.quote_reply(item["message"], module, course, client, link)
+        chooser: Any = TopChooser() if top else client
+        return grounding.quote_reply(item["message"], module, course, chooser, link)
     passages = course.search(item["message"], module)
     messages = grounding.generate_messages(item["message"], passages, MODULES[module].system)
     answer = client.chat(messages, temperature=0.0, seed=42, max_tokens=250)
@@ -105,11 +119,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--part", choices=PARTS)
     parser.add_argument("--model", help="chat model (default: the runtime's)")
     parser.add_argument("--show", action="store_true", help="print every reply")
+    parser.add_argument(
+        "--chooser", choices=("model", "top"), default="model", help="who picks the quotes"
+    )
     args = parser.parse_args(argv)
 
     client = Client(model=args.model) if args.model else Client()
     mode = grounding.choose_mode(args.mode, client.model)
-    print(f"coach on {client.url}: chat model {client.model}, mode {mode}")
+    chooser = "the two best-scored sentences" if args.chooser == "top" else client.model
+    print(f"coach on {client.url}: mode {mode}, quotes chosen by {chooser}")
     started = time.monotonic()
     course = CourseIndex.build(client)
     print(f"{course} ready in {time.monotonic() - started:.1f} s")
@@ -122,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = []
     started = time.monotonic()
     for n, item in enumerate(items, start=1):
-        result = reply(item, course, client, mode)
+        result = reply(item, course, client, mode, args.chooser == "top")
         results.append(result)
         if args.show:
             print(f"\n--- {item['id']} ({item['split']}): {item['message']}\n{result.text}")
