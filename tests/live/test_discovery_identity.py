@@ -31,9 +31,16 @@ CLI = (
 
 
 @pytest.fixture(scope="module")
-def two(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, runtime.RuntimeRecord]]:
-    """Runtimes A and B, each started by `labkit up` for a folder of its own (at once)."""
-    homes = {name: tmp_path_factory.mktemp(f"labkit-{name}") for name in "AB"}
+def two(
+    embedded: runtime.RuntimeRecord, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, runtime.RuntimeRecord]]:
+    """Runtime A, started by `labkit up` for a folder of its own, and B, another folder's.
+
+    B is the session's runtime (this checkout's folder) when it names itself, as every runtime
+    started by this version does; an older one still running is replaced by a new B.
+    """
+    needed = "AB" if not embedded.instance else "A"
+    homes = {name: tmp_path_factory.mktemp(f"labkit-{name}") for name in needed}
     starting = {
         name: subprocess.Popen(
             [sys.executable, "-m", "labkit", "up", "--port", str(runtime.free_port())],
@@ -44,7 +51,7 @@ def two(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, runtime.
         )
         for name, home in homes.items()
     }
-    records = {}
+    records = {"B": embedded}
     try:
         for name, process in starting.items():
             out, _ = process.communicate(timeout=180)
@@ -56,6 +63,10 @@ def two(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, runtime.
     finally:
         for home in homes.values():
             runtime.down(state_dir=home, say=False)
+
+
+def _folder(record: runtime.RuntimeRecord) -> Path:
+    return Path(record.log).parent
 
 
 def _cli(home: Path, port: int | None, *args: str) -> subprocess.CompletedProcess[str]:
@@ -104,13 +115,13 @@ def test_discovery_picks_its_own_and_names_the_other(
     monkeypatch.setattr(
         discovery, "KNOWN_RUNTIMES", (KnownRuntime("Ollama", b.port or 0, "ollama"),)
     )
-    monkeypatch.setenv("LABKIT_HOME", str(Path(a.log).parent))
+    monkeypatch.setenv("LABKIT_HOME", str(_folder(a)))
     chosen = discovery.find_runtime(start=False)
     assert chosen.url == a.url and not chosen.foreign
     listed = {rt.url: rt for rt in discovery.running_runtimes()}
     assert set(listed) == {a.url, b.url}
     assert listed[b.url].foreign and listed[b.url].name == "another folder's kit runtime"
-    assert str(Path(b.log).parent) in listed[b.url].reason  # named by its folder
+    assert str(_folder(b)) in listed[b.url].reason  # named by its folder
     # A folder with no runtime of its own is told about B, and B is not used.
     monkeypatch.setenv("LABKIT_HOME", str(tmp_path))
     with pytest.raises(RuntimeUnavailable, match="Another folder's kit runtime answers at"):
@@ -121,9 +132,9 @@ def test_which_and_status_name_the_other_and_start_nothing(
     two: dict[str, runtime.RuntimeRecord], tmp_path: Path
 ) -> None:
     a, b = two["A"], two["B"]
-    which = _cli(Path(a.log).parent, b.port, "which")
+    which = _cli(_folder(a), b.port, "which")
     assert which.returncode == 0 and which.stdout.startswith("embedded") and a.url in which.stdout
-    status = _cli(Path(a.log).parent, b.port, "status")
+    status = _cli(_folder(a), b.port, "status")
     assert status.returncode == 0
     assert f"- another folder's kit runtime: {b.url}" in status.stdout
     assert "not used here" in status.stdout and a.url in status.stdout
