@@ -292,9 +292,8 @@ def run_test(
         _forget(exc)
     except AssertionError as exc:
         result.status = FAILED
-        public = _clip(str(exc)) or (
-            f"This check failed: {_failing_line(exc.__traceback__, filename, str(test['code']))}"
-        )
+        where = _Where(exc.__traceback__, filename, str(test["code"]), namespace)
+        public = _clip(str(exc)) or _clip(f"This check failed: {where.line}{where.case}")
         # A hidden test's text may be built from your values: only its verdict is shown.
         result.message = "A hidden check failed." if hidden else public
         result.detail = public if hidden and grading else ""
@@ -308,18 +307,23 @@ def run_test(
         result.hint = "Look for a loop that never ends, or a call that waits forever."
     except Exception as exc:
         result.status = ERROR
+        where = _Where(exc.__traceback__, filename, str(test["code"]), namespace)
         if hidden:  # an exception's text is whatever the code that raised it chose
+            # The learner gets the error's name and the test's hint (which names the cases
+            # it covers); the line and the case it was on are for the instructor only.
             result.message = f"The hidden test stopped with {safe_error_name(exc)}."
             result.hint = str(test.get("failure_message") or "")
             if grading:
-                where = _failing_line(exc.__traceback__, filename, str(test["code"]))
-                result.detail = _clip(
-                    f"{type(exc).__name__}: {exc}" + (f" (at: {where})" if where else "")
-                )
+                at = f" (at: {where.line}{where.case})" if where.line else ""
+                yours = f", raised in {where.calls}" if where.calls else ""
+                result.detail = _clip(f"{type(exc).__name__}: {exc}{yours}{at}")
         else:
-            result.message = _clip(f"{type(exc).__name__}: {exc}")
-            where = _failing_line(exc.__traceback__, filename, str(test["code"]))
-            result.message += f" (in the test line: {where})" if where else ""
+            # The error, then the test line and the case it was on (which input): a long
+            # error text is cut first, so the case stays in view.
+            error = f"{type(exc).__name__}: {exc}"
+            error = error if len(error) <= _MAX_TEXT // 2 else error[: _MAX_TEXT // 2 - 1] + "…"
+            at = f" (in the test line: {where.line}{where.case})" if where.line else ""
+            result.message = _clip(error + at)
             result.hint = str(test.get("failure_message") or "") or _hint_for(exc)
         _forget(exc)
     if result.status == PASSED:
@@ -409,14 +413,101 @@ def _clip(text: str) -> str:
 
 def _failing_line(tb: TracebackType | None, filename: str, code: str) -> str:
     """The line of the test that failed, e.g. ``assert square(3) == 9``."""
-    lines = code.splitlines()
-    lineno = None
-    for frame, number in traceback.walk_tb(tb):
-        if frame.f_code.co_filename == filename:
-            lineno = number
-    if lineno is None or not 0 < lineno <= len(lines):
-        return ""
-    return lines[lineno - 1].strip()
+    return _Where(tb, filename, code, {}).line
+
+
+_PLAIN = (str, bytes, int, float, bool, type(None))
+_SHOWN = 4  # values named per failure: the case, not a dump of the test's variables
+_VALUE_CHARS = 160
+
+
+class _Where:
+    """Where a test failed: its line, the case it was on, and the learner's functions it called.
+
+    The case is what the test was working on when your code raised: the variables of the
+    loops around the line (``shape = 'Ollama generate'``) and the test's own values the line
+    uses (``body = {...}``). Only plain data is shown, never an object of yours (showing it
+    would run your code).
+    """
+
+    def __init__(
+        self, tb: TracebackType | None, filename: str, code: str, learner: dict[str, Any]
+    ) -> None:
+        self.line = self.case = self.calls = ""
+        found = None
+        for frame, number in traceback.walk_tb(tb):
+            if frame.f_code.co_filename == filename:
+                found = (frame, number)
+        lines = code.splitlines()
+        if found is None or not 0 < found[1] <= len(lines):
+            return
+        frame, number = found
+        self.line = lines[number - 1].strip()
+        try:
+            tree = ast.parse(code)
+        except SyntaxError:
+            return
+        values = {**frame.f_globals, **frame.f_locals}
+        names = _loop_names(tree, number) + _line_names(tree, number)
+        shown: list[str] = []
+        for name in dict.fromkeys(names):
+            if name not in values or len(shown) >= _SHOWN:
+                continue
+            value = values[name]
+            if name in learner and learner[name] is value:
+                continue  # your own variable, not the test's input
+            if _is_plain(value):
+                text = repr(value)
+                clipped = text if len(text) <= _VALUE_CHARS else text[: _VALUE_CHARS - 1] + "…"
+                shown.append(f"{name} = {clipped}")
+        self.case = f"; with {', '.join(shown)}" if shown else ""
+        called = [
+            node.func.id
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.lineno <= number <= (node.end_lineno or node.lineno)
+            and callable(learner.get(node.func.id))
+        ]
+        self.calls = " or ".join(f"{name}()" for name in dict.fromkeys(called))
+
+
+def _loop_names(tree: ast.AST, number: int) -> list[str]:
+    """The names bound by the for loops and comprehensions around line ``number``."""
+    names: list[str] = []
+    for node in ast.walk(tree):
+        targets: list[ast.expr] = []
+        if isinstance(node, ast.For | ast.AsyncFor):
+            targets = [node.target]
+        elif isinstance(node, ast.ListComp | ast.SetComp | ast.DictComp | ast.GeneratorExp):
+            targets = [generator.target for generator in node.generators]
+        else:
+            continue
+        if node.lineno <= number <= (node.end_lineno or node.lineno):
+            for target in targets:
+                names += [n.id for n in ast.walk(target) if isinstance(n, ast.Name)]
+    return names
+
+
+def _line_names(tree: ast.AST, number: int) -> list[str]:
+    """The names read on line ``number``."""
+    return [
+        node.id
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) and node.lineno == number
+    ]
+
+
+def _is_plain(value: Any, depth: int = 3) -> bool:
+    """True for data made of str, numbers, None, lists, tuples, sets and dicts only."""
+    if type(value) in _PLAIN:
+        return True
+    if depth <= 0 or type(value) not in (list, tuple, set, frozenset, dict):
+        return False
+    items = list(value.items()) if isinstance(value, dict) else [(v, None) for v in value]
+    return len(items) <= 50 and all(
+        _is_plain(k, depth - 1) and _is_plain(v, depth - 1) for k, v in items
+    )
 
 
 def _hint_for(exc: BaseException) -> str:
