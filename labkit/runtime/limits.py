@@ -54,9 +54,12 @@ def raise_open_files() -> tuple[int, int]:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     # "unlimited" cannot be a soft limit; the kernel's own ceiling (nr_open) can.
     target = hard if hard != resource.RLIM_INFINITY else _nr_open()
-    if target > soft:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    # macOS refuses more than OPEN_MAX (10240) under an "unlimited" hard limit: try that next.
+    for value in (target, min(target, 10240)):
+        if value > soft:
+            with contextlib.suppress(ValueError, OSError):
+                resource.setrlimit(resource.RLIMIT_NOFILE, (value, hard))
+                break
     return resource.getrlimit(resource.RLIMIT_NOFILE)
 
 

@@ -313,7 +313,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log", type=Path, help="write output here, rotated by size")
     parser.add_argument("--shared", action="store_true", help="a runtime for every user here")
     args = parser.parse_args(argv)
-    finish = limits.rotate_output(args.log) if args.log else None
+    finish = None
+    if args.log:
+        try:
+            finish = limits.rotate_output(args.log)
+        except OSError as exc:  # the output still goes where it went: the log, unrotated
+            print(f"labkit runtime: cannot rotate {args.log} ({exc.strerror})", flush=True)
     try:
         asyncio.run(serve(args.port, args.state_dir, args.threads, shared=args.shared))
     except RuntimeStartError as exc:
