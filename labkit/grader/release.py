@@ -4,7 +4,12 @@ The course repository holds what instructors keep (``solutions/``, ``masters/``,
 ``grading/hidden/``, the grader's own tests) and its git history, which holds all of that
 too. ``labkit assign masters/ --release DIR`` writes DIR with only what learners need:
 the lessons, the generated exercises with their public tests and data, the labkit
-package, the environment files and the README. DIR has no ``.git``; learners get DIR.
+package and the environment files. DIR has no ``.git``; learners get DIR.
+
+The README and ``./lab`` in DIR are the learner's (``handout.py``): how to start the lab,
+work an exercise, check it and hand it in, and a ``./lab test`` that runs the public checks
+of every exercise. DIR also holds ``.labkit-course.json``, each file's hash as released,
+which lets ``labkit update`` tell a learner's changed files from untouched ones later.
 
 Two checks stop a release that would give answers away: no file may hold most of a hidden
 test's telling lines, and no file under ``exercises/`` may hold a single line of solution
@@ -22,16 +27,20 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from labkit import update
 from labkit.errors import LabkitError
 from labkit.grader.exercise import KEY_DIR, LEARNER_DIR, SOLUTION_DIR, Generated
+from labkit.grader.handout import LEARNER_LAB, learner_readme
 
-__all__ = ["KEPT_OUT", "SOLUTION_LINE_MIN", "release"]
+__all__ = ["INSTRUCTOR_DOCS", "KEPT_OUT", "SOLUTION_LINE_MIN", "release"]
 
 # Top-level entries instructors keep; everything else a clean checkout holds is handed out.
 KEPT_OUT = frozenset(
     {SOLUTION_DIR, "masters", KEY_DIR.split("/")[0], "tests", "bench", ".git", ".github", ".ci"}
     | {".labkit", ".venv", ".mypy_cache", ".ruff_cache", ".pytest_cache", "deploy", "conftest.py"}
 )
+# Guides written for instructors (masters, grading, running a class): not the learner's.
+INSTRUCTOR_DOCS = frozenset({"docs/authoring.md", "docs/class.md"})
 _JUNK = frozenset({"__pycache__", ".ipynb_checkpoints"})
 SOLUTION_LINE_MIN = 12  # characters: shorter lines (``return x``, ``else:``) say nothing alone
 
@@ -54,13 +63,42 @@ def release(root: Path, target: Path, generated: list[Generated]) -> list[Path]:
             shutil.copy2(source, dest)
             _refuse_secrets(dest, rel, secrets)
             _refuse_solutions(dest, rel, answers)
+        files = sorted({*files, *_hand_out(root, staging)})
+        for rel in (Path("README.md"), Path("lab")):
+            _refuse_secrets(staging / rel, rel, secrets)
+        update.write_manifest(staging, update.manifest_for(staging), version=_version(root))
         if target.exists():
             target.rmdir()
         os.replace(staging, target)  # all or nothing: no half-released course
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return [target / rel for rel in files]
+    return [target / rel for rel in [*files, Path(update.MANIFEST)]]
+
+
+def _hand_out(root: Path, staging: Path) -> list[Path]:
+    """Write the learner's README and ``./lab`` into the release; their paths."""
+    readme = root / "README.md"
+    course = readme.read_text(encoding="utf-8") if readme.is_file() else ""
+    (staging / "README.md").write_text(learner_readme(course), encoding="utf-8")
+    lab = staging / "lab"
+    lab.write_text(LEARNER_LAB, encoding="utf-8")
+    lab.chmod(0o755)
+    return [Path("README.md"), Path("lab")]
+
+
+def _version(root: Path) -> str:
+    """The course's git commit, to name the release by (empty outside a checkout)."""
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return done.stdout.strip() if done.returncode == 0 else ""
 
 
 def _course_files(root: Path) -> list[Path]:
@@ -89,6 +127,8 @@ def _course_files(root: Path) -> list[Path]:
 
 def _handed_out(rel: Path) -> bool:
     parts = rel.parts
+    if rel.as_posix() in INSTRUCTOR_DOCS:
+        return False
     return parts[0] not in KEPT_OUT and not _JUNK.intersection(parts) and rel.suffix != ".pyc"
 
 

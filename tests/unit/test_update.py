@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -242,3 +243,37 @@ def test_the_course_folder_is_found_from_inside_it(course: dict[str, Path]) -> N
     assert update.find_course(learner / "exercises") == learner.resolve()
     with pytest.raises(CourseUpdateError, match="not inside a course folder"):
         update.find_course(learner.parent)
+
+
+def test_a_release_is_a_learners_course_with_its_manifest(tmp_path: Path) -> None:
+    from labkit.grader.release import release
+
+    project = Path(__file__).resolve().parents[2]
+    target = tmp_path / "course"
+    release(project, target, [])  # no exercises given: the copy alone, without the checks
+    recorded = update.read_manifest(target)
+    assert recorded is not None and recorded["files"] == update.manifest_for(target)
+    assert {"README.md", "lab", EXERCISE, LESSON} <= set(recorded["files"])
+    readme = (target / "README.md").read_text()
+    assert "## Hand it in" in readme and "./lab test" in readme
+    assert [
+        w for w in ("sudo", "labkit grade", "masters/", "## For instructors") if w in readme
+    ] == []
+    assert "## The runtime" in readme  # the course README's shared sections come along
+    assert (
+        os.access(target / "lab", os.X_OK)
+        and "labkit.course.selftest" in (target / "lab").read_text()
+    )
+    assert not (target / "docs/authoring.md").exists() and not (target / "docs/class.md").exists()
+    # A learner's copy of it updates from the next release like any other.
+    learner = tmp_path / "alice"
+    shutil.copytree(target, learner)
+    mine = _edit_exercise(learner)
+    v2 = tmp_path / "v2"
+    shutil.copytree(target, v2)
+    lesson = nbformat.read(v2 / LESSON, as_version=4)
+    lesson.cells[0].source += "\n\nA fix."
+    nbformat.write(lesson, v2 / LESSON)
+    result = update.update(str(v2), learner)
+    assert [c.action for c in result.changes] == ["updated"]
+    assert (learner / EXERCISE).read_bytes() == mine
