@@ -19,15 +19,14 @@ from __future__ import annotations
 import html
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 import ipywidgets as w
 
 from labkit.client import Client
 from labkit.conversation import Conversation, Message, Summariser, summarise_with
-from labkit.course.display import Displayed, markdown_html, notice, text_html
+from labkit.course.coach_guide import MODULES, Module, guide, load_module
+from labkit.course.display import Displayed, markdown_html, notice
 from labkit.course.picker import UNAVAILABLE, ModelPicker
 from labkit.errors import InvalidInput, LabkitError, RuntimeUnavailable
 from labkit.reply import Reply, Timeout
@@ -39,113 +38,26 @@ if TYPE_CHECKING:
 __all__ = ["MODULES", "Assistant", "Module", "assistant", "guide", "load_module"]
 
 
-@dataclass(frozen=True)
-class Module:
-    """What the assistant coaches in one module, and the guide that works without a model."""
-
-    title: str
-    system: str
-    placeholder: str
-    checklist: tuple[str, ...] = ()
-    questions: tuple[str, ...] = ()
-    example: tuple[tuple[str, str], ...] = ()  # (speaker, text) of a worked dialogue
-
-    def guide_html(self) -> str:
-        """The checklist, the suggested questions and the worked example, as HTML."""
-        items = "".join(f"<li>☐ {text_html(item)}</li>" for item in self.checklist)
-        asks = "".join(f"<li>{text_html(item)}</li>" for item in self.questions)
-        lines = "".join(
-            f'<div style="margin:2px 0"><b>{html.escape(who)}:</b> {text_html(text)}</div>'
-            for who, text in self.example
-        )
-        style = "line-height:1.4"
-        return (
-            f'<div style="{style}"><b>Checklist for your design</b>'
-            f'<ul style="list-style:none;padding-left:0.5em">{items}</ul>'
-            f"<b>Questions worth asking</b><ul>{asks}</ul>"
-            f"<b>A worked example</b>{lines}</div>"
-        )
-
-
-def _sections(text: str) -> tuple[str, dict[str, str]]:
-    """A prompt file's title (its "# " line) and its "## " sections by lower-case name."""
-    title, parts, name = "", {}, ""
-    for line in text.splitlines():
-        if line.startswith("# "):
-            title = line[2:].strip()
-        elif line.startswith("## "):
-            name = line[3:].strip().lower()
-            parts[name] = ""
-        elif name:
-            parts[name] += line + "\n"
-    return title, {key: value.strip() for key, value in parts.items()}
-
-
-def _prompt_file(name: str) -> str:
-    return (resources.files("labkit.course") / "prompts" / name).read_text(encoding="utf-8")
-
-
-def load_module(number: int) -> Module:
-    """Module ``number``'s coach, read from prompts/coach.md and prompts/module-<number>.md."""
-    try:
-        text = _prompt_file(f"module-{number}.md")
-    except FileNotFoundError as exc:
-        raise InvalidInput(f"There is no coach for module {number!r}.") from exc
-    title, parts = _sections(text)
-    missing = {"placeholder", "brief"} - parts.keys()
-    if not title or missing:
-        raise InvalidInput(
-            f"prompts/module-{number}.md needs a '# title' and the sections {sorted(missing)}."
-        )
-
-    def bullets(section: str) -> tuple[str, ...]:
-        lines = parts.get(section, "").splitlines()
-        return tuple(line[2:].strip() for line in lines if line.startswith("- "))
-
-    dialogue = []
-    for line in parts.get("example", "").splitlines():
-        who, sep, said = line.partition(":")
-        if sep and who.strip() in {"You", "Coach"}:
-            dialogue.append((who.strip(), said.strip()))
-    return Module(
-        title=title,
-        system=f"{_prompt_file('coach.md').strip()} {parts['brief']}",
-        placeholder=parts["placeholder"],
-        checklist=bullets("checklist"),
-        questions=bullets("questions"),
-        example=tuple(dialogue),
-    )
-
-
-MODULES: dict[int, Module] = {number: load_module(number) for number in (1, 2, 3, 4)}
-
-
-class _Guide(Displayed):
-    def __init__(self, module: Module) -> None:
-        self.widget = w.HTML(module.guide_html())
-
-
-def guide(module: int) -> Displayed:
-    """Module ``module``'s design guide on its own: checklist, questions, worked example."""
-    if module not in MODULES:
-        raise InvalidInput(f"module must be one of {sorted(MODULES)}, not {module!r}.")
-    return _Guide(MODULES[module])
-
-
 PieceObserver = Callable[[str], None]
 
 
 class Assistant(Displayed):
-    """A chat with the local model, framed as a design coach for one module's exercise.
+    """A design coach for one module's exercise, answering from the course.
 
-    ``send(text)`` streams the reply into the widget piece by piece and returns it. The
-    conversation is kept inside the context window by a ``Conversation`` (the sliding window
-    of Module 2). When no runtime answers, the widget says so and the next send tries again.
-    Below the chat, the module's design guide (checklist, questions, worked example) is one
-    click away; a suggested question sends itself when clicked.
+    ``send(text)`` searches the course for the message and shows the reply in the widget piece
+    by piece, then returns it (Markdown). With ``grounded=True`` (the default) the reply quotes
+    or cites the course's passages with links to their lesson sections, and the passages found
+    are folded under it; ``mode`` is "quote" (the model only picks sentences), "generate" (it
+    writes from the passages and cites them) or "auto" (quote below a few billion parameters).
+    The first message reads the course's index from its cache, or builds it once (a progress
+    bar shows it); pass ``course`` to use one already built. ``grounded=False`` is the plain
+    chat, its conversation kept inside the window by a ``Conversation`` (Module 2).
 
-    Without a ``client`` the coach finds the runtime and starts on its largest chat model; a
-    given client keeps its model (``prefer_largest=True`` switches it).
+    When no runtime answers, the widget says so and the next send tries again. Below the chat,
+    the module's design guide (checklist, questions, worked example) is one click away; a
+    suggested question sends itself when clicked. Without a ``client`` the coach finds the
+    runtime and starts on its largest chat model; a given client keeps its model
+    (``prefer_largest=True`` switches it).
     """
 
     def __init__(
@@ -215,7 +127,9 @@ class Assistant(Displayed):
         self.input.observe(self._submitted, names="value")
         self.send_button.on_click(lambda _: self._submitted({"new": self.input.value}))
         self.clear_button.on_click(lambda _: self.clear())
-        heading = w.HTML(f"<h4 style='margin:4px 0'>{html.escape(self.module.title)}</h4>")
+        title = w.HTML(f"<h4 style='margin:4px 0'>{html.escape(self.module.title)}</h4>")
+        self.progress = w.Output()  # the index's progress bar, while the course is read
+        heading = w.VBox([title, self.progress])
         self.widget = w.VBox(
             [
                 heading,
@@ -322,9 +236,12 @@ class Assistant(Displayed):
             from labkit.course.coach_index import CourseIndex
 
             self.status.value = (
-                '<small style="color:#666">Reading the course (built once, then cached)…</small>'
+                '<small style="color:#666">Reading the course: its index is built once, then '
+                "read from the cache…</small>"
             )
-            self.course = CourseIndex.build(client, progress=False)
+            with self.progress:  # tqdm draws its bar here, inside the coach
+                self.course = CourseIndex.build(client, progress=True)
+            self.progress.clear_output()
         return self.course
 
     def _link(self, passage: Passage) -> str:

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from fake_server import refused_url
+from fake_server import Answer, FakeServer, Lines, ollama_lines, refused_url
 
 from labkit import Client
 from labkit.course import grounding
@@ -253,3 +253,24 @@ def test_importing_the_course_loads_neither_faiss_nor_the_coach() -> None:
         "assert 'faiss' not in sys.modules, 'faiss after coach'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_a_big_model_writes_the_reply_and_its_citations_become_links(
+    course: CourseIndex,
+) -> None:
+    written = ["Overlap keeps a sentence whole [1]. ", "Use all-MiniLM-L6-v3 at 800 tokens [2]."]
+    listing = Answer(200, {"models": [{"name": "qwen2.5:7b"}]})
+    stream = Lines(ollama_lines(written, model="qwen2.5:7b"))
+    # The health check reads / and /api/tags, the picker the model list, then the chat.
+    with FakeServer(Answer(200, "Ollama is running"), listing, listing, stream) as fake:
+        big = Client(fake.url, dialect="ollama", model="qwen2.5:7b", retry=RetryPolicy(attempts=1))
+        coach = Assistant(3, big, course=course)
+        seen: list[str] = []
+        coach.observe_pieces(seen.append)
+        reply = coach.send("How much overlap should consecutive chunks have?")
+    found = coach.last_grounded
+    assert found is not None and found.mode == "generate" and seen == written
+    assert reply.startswith("".join(written)) and "Sources:" in reply
+    assert {"all-MiniLM-L6-v3", "800"} <= set(found.unsupported)
+    assert "Not in the passages it cites" in coach.output.value and "<a href=" in coach.output.value
+    assert "names or numbers not in its sources" in coach.status.value
