@@ -177,7 +177,7 @@ def _write_lms(
     )
     print(f"{args.lms.capitalize()} import file: {written.path} ({written.rows} learners)")
     for learner, why in sorted(written.left_out.items()):
-        print(f"  left out {learner}: not graded ({why}); grade it, then run again")
+        print(f"  left out {learner}: not graded ({why}); its row in gradebook.csv says why")
     if written.not_in_roster:
         print(f"  not in the roster, left out: {', '.join(written.not_in_roster)}")
 

@@ -132,7 +132,7 @@ def test_labkit_grade_takes_the_lms_options_and_says_what_it_wrote(
     grader_cli._write_lms(args, tmp_path, RESULTS, "03-hr-rag", 14)
     said = capsys.readouterr().out
     assert f"Canvas import file: {tmp_path / 'canvas.csv'} (4 learners)" in said
-    assert "left out erin: not graded (grader-error)" in said
+    assert "left out erin: not graded (grader-error); its row in gradebook.csv says why" in said
     assert (tmp_path / "gradebook.csv").exists() is False  # only its own file
 
 
