@@ -204,7 +204,7 @@ def _check_relative(rel: str) -> None:
 
 
 def find_course(start: Path) -> Path:
-    """The course folder holding ``start``: the nearest one up with a manifest or lessons."""
+    """The course folder holding ``start`` (the nearest one up), or the one course inside it."""
     start = start.resolve()
     for folder in (start, *start.parents):
         if (folder / MANIFEST).is_file():
@@ -212,6 +212,10 @@ def find_course(start: Path) -> Path:
     for folder in (start, *start.parents):
         if (folder / "notebooks").is_dir() and (folder / "labkit").is_dir():
             return folder
+    # From a home folder on a class server: the one course folder in it (``~/course``).
+    below = [p.parent for p in start.glob(f"*/{MANIFEST}")]
+    if len(below) == 1:
+        return below[0]
     raise CourseUpdateError(
         f"{start} is not inside a course folder (none has {MANIFEST} or notebooks/ and labkit/). "
         "Run `labkit update` in your course folder, or pass --folder."

@@ -241,8 +241,11 @@ def test_bad_sources_get_a_clear_message_and_change_nothing(
 def test_the_course_folder_is_found_from_inside_it(course: dict[str, Path]) -> None:
     learner = course["learner"]
     assert update.find_course(learner / "exercises") == learner.resolve()
+    home = learner.parent / "home"
+    shutil.copytree(learner, home / "course")
+    assert update.find_course(home) == (home / "course").resolve()  # ~ holds one: ~/course
     with pytest.raises(CourseUpdateError, match="not inside a course folder"):
-        update.find_course(learner.parent)
+        update.find_course(learner.parent)  # v1 and alice: which one is meant?
 
 
 def test_a_release_is_a_learners_course_with_its_manifest(tmp_path: Path) -> None:
