@@ -216,6 +216,9 @@ def find_course(start: Path) -> Path:
     below = [p.parent for p in start.glob(f"*/{MANIFEST}")]
     if len(below) == 1:
         return below[0]
+    if below:
+        names = ", ".join(sorted(p.name for p in below))
+        raise CourseUpdateError(f"{start} holds several courses ({names}); pass --folder.")
     raise CourseUpdateError(
         f"{start} is not inside a course folder (none has {MANIFEST} or notebooks/ and labkit/). "
         "Run `labkit update` in your course folder, or pass --folder."

@@ -244,8 +244,10 @@ def test_the_course_folder_is_found_from_inside_it(course: dict[str, Path]) -> N
     home = learner.parent / "home"
     shutil.copytree(learner, home / "course")
     assert update.find_course(home) == (home / "course").resolve()  # ~ holds one: ~/course
+    with pytest.raises(CourseUpdateError, match=r"several courses \(alice, v1\); pass --folder"):
+        update.find_course(learner.parent)  # which one is meant?
     with pytest.raises(CourseUpdateError, match="not inside a course folder"):
-        update.find_course(learner.parent)  # v1 and alice: which one is meant?
+        update.find_course(learner.parent / "v2" / "data")
 
 
 def test_a_release_is_a_learners_course_with_its_manifest(tmp_path: Path) -> None:
