@@ -235,10 +235,14 @@ def quotable_sentences(text: str) -> list[str]:
             for sentence in _SENTENCE.split(item):
                 sentence = sentence.strip()
                 # Balanced backticks and bold marks: a quote must render as written.
+                # A passage may start inside a sentence (lessons wrap their lines): a fragment
+                # starts in lower case. A list of web addresses is no answer either.
                 if (
                     len(sentence.split()) >= 4
                     and sentence.count("`") % 2 == 0
                     and sentence.count("**") % 2 == 0
+                    and not sentence[0].islower()
+                    and "://" not in sentence
                 ):
                     out.append(sentence)
     return out

@@ -272,19 +272,21 @@ def quote_reply(
         chosen = _picked(reply.text, len(options))
     if not chosen and options:
         chosen = [1]  # no usable choice: the best-scored sentence
-    # Quotes grouped under their passage, in the passage's own order of sentences.
-    quoted: dict[int, list[str]] = {}
+    # Quotes grouped under their section (two passages of one section share a heading), in
+    # the order the section has them.
+    quoted: dict[str, list[tuple[Passage, str]]] = {}
     cited: list[Passage] = []
     for n in chosen:
         _, sentence, passage = options[n - 1]
         if passage not in cited:
             cited.append(passage)
-        quoted.setdefault(cited.index(passage), []).append(sentence)
+        quoted.setdefault(passage.label, []).append((passage, sentence))
     parts = []
-    for i, passage in enumerate(cited):
-        order = quotable_order(passage.text)
-        sentences = sorted(quoted[i], key=lambda s: order.get(s, 0))
-        parts.append(f"**From the course** — {_cite(passage, link)}:\n\n{_quote(sentences)}")
+    for pairs in quoted.values():
+        ordered = sorted(pairs, key=lambda pair: (pair[0].hit.chunk.start, _position(*pair)))
+        sentences = [sentence for _, sentence in ordered]
+        first = ordered[0][0]
+        parts.append(f"**From the course** — {_cite(first, link)}:\n\n{_quote(sentences)}")
     worked = _worked_answer(course, module, vector)
     shown_worked = None
     if worked is not None:
@@ -321,11 +323,12 @@ def quote_reply(
     )
 
 
-def quotable_order(text: str) -> dict[str, int]:
-    """Each quotable sentence of a passage and its position in it."""
+def _position(passage: Passage, sentence: str) -> int:
+    """Where ``sentence`` stands among the quotable sentences of ``passage``."""
     from labkit.course.coach_index import quotable_sentences
 
-    return {s: n for n, s in enumerate(quotable_sentences(text))}
+    found = quotable_sentences(passage.text)
+    return found.index(sentence) if sentence in found else 0
 
 
 GENERATE_RULES = (
@@ -361,7 +364,8 @@ def generate_reply(
             cited.append(passages[n - 1])
     body = text.strip()
     sources = [p.text for p in (cited or passages)]
-    missing = unsupported(body, sources)
+    # A model that copies a passage's label ("03-rag.ipynb > ...") names no new fact.
+    missing = unsupported(body, sources, ignore=[p.label for p in passages])
     lines = [body]
     if cited:
         listed = "\n".join(f"- [{passages.index(p) + 1}] {_cite(p, link)}" for p in cited)
