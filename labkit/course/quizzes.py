@@ -123,6 +123,7 @@ def _stored_id(path: Path) -> str:
 
 
 def _read_id(path: Path) -> str:
+    """The id stored in ``path``, or "" if there is none (or only a damaged one)."""
     try:
         text = path.read_text(encoding="ascii", errors="replace").strip()
     except FileNotFoundError:
