@@ -271,7 +271,7 @@ def quote_reply(
         )
         chosen = _picked(reply.text, len(options))
     if not chosen and options:
-        chosen = [1]  # no usable choice: the best-scored sentence
+        chosen = list(range(1, min(QUOTES, len(options)) + 1))  # no usable choice: the best
     # Quotes grouped under their section (two passages of one section share a heading), in
     # the order the section has them.
     quoted: dict[str, list[tuple[Passage, str]]] = {}
