@@ -22,7 +22,6 @@ from labkit.runtime.checks import (
 )
 from labkit.runtime.common import (
     BACKEND,
-    LOAD,
     SESSION,
     ApiError,
     ClientGone,
@@ -37,6 +36,7 @@ from labkit.runtime.common import (
     unless_client_leaves,
     upstream_error,
 )
+from labkit.runtime.fairshare import generation_turn
 from labkit.runtime.fields import limit_cost
 from labkit.runtime.gguf import gguf_info
 
@@ -93,7 +93,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
         asked = {"messages": body.get("messages"), **sampling(body)}
         checked = await limit_cost(request.app, model.url, asked, OPTION_NAMES)
         del checked["messages"]
-        with request.app[LOAD].generation():
+        async with generation_turn(request, model.url):  # the learner's turn (fairshare.py)
             return await tools.chat(request.app[SESSION], model.url, body, label, "ollama", checked)
     messages = chat_messages(body, label)
     stream = field_of(body, "stream", bool, True)
@@ -193,7 +193,7 @@ def _loaded(label: str, *, chat: bool, unload: bool) -> web.Response:
 
 async def relay(request: web.Request, turn: Turn) -> web.StreamResponse:
     """Ask llama.cpp (always streaming) and answer the client as the turn wants."""
-    with request.app[LOAD].generation():
+    async with generation_turn(request, turn.url):  # the learner's turn (fairshare.py)
         return await _relay(request, turn)
 
 

@@ -25,6 +25,7 @@ from labkit.runtime.common import (
     shown,
     slot_context,
 )
+from labkit.runtime.fairshare import fair_turn
 from labkit.runtime.vectors import cache_for
 
 __all__ = [
@@ -89,11 +90,12 @@ async def embed(request: web.Request) -> web.Response:
         if not todo:  # every text was embedded before: nothing for llama.cpp to do
             vectors += [vector for vector in found if vector is not None]
             continue
-        answer = await post_json(
-            request.app[SESSION],
-            model.url + "/v1/embeddings",
-            {"input": [inputs[n] for n in todo], "encoding_format": "float"},
-        )
+        async with fair_turn(request, model.url):  # the learner's turn (fairshare.py)
+            answer = await post_json(
+                request.app[SESSION],
+                model.url + "/v1/embeddings",
+                {"input": [inputs[n] for n in todo], "encoding_format": "float"},
+            )
         data = sorted(answer["data"], key=lambda d: d["index"])
         for n, item in zip(todo, data, strict=True):
             found[n] = item["embedding"]
@@ -169,11 +171,12 @@ async def embeddings(request: web.Request) -> web.Response:
     if not prompt:
         return json_answer({"embedding": []})
     content = (await fit_context(request.app, model, [prompt], truncate=True))[0]
-    answer = await post_json(
-        request.app[SESSION],
-        model.url + "/embedding",
-        {"content": content, "embd_normalize": -1},  # Ollama does not normalize here
-    )
+    async with fair_turn(request, model.url):  # the learner's turn (fairshare.py)
+        answer = await post_json(
+            request.app[SESSION],
+            model.url + "/embedding",
+            {"content": content, "embd_normalize": -1},  # Ollama does not normalize here
+        )
     # llama.cpp answers [{"index": 0, "embedding": [[...pooled vector...]]}].
     vector = answer[0]["embedding"]
     return json_answer({"embedding": vector[0] if isinstance(vector[0], list) else vector})

@@ -11,7 +11,6 @@ from labkit.runtime import tools
 from labkit.runtime.catalog import Model, all_models, find_model, model_for
 from labkit.runtime.common import (
     BACKEND,
-    LOAD,
     SESSION,
     ApiError,
     ClientGone,
@@ -26,6 +25,7 @@ from labkit.runtime.common import (
     upstream_error,
 )
 from labkit.runtime.embed import fit_context
+from labkit.runtime.fairshare import fair_turn, generation_turn
 from labkit.runtime.fields import limit_cost, openai_fields
 
 __all__ = [
@@ -67,13 +67,14 @@ async def forward_openai(request: web.Request) -> web.StreamResponse:
     body = openai_fields(request.path, body)  # only what the kit documents reaches llama.cpp
     if wants_embeddings:
         body["input"] = await _fitted_input(request, model, body.get("input"))
-        return await _forward(request, model.url + request.path, body)
+        async with fair_turn(request, model.url):  # the learner's turn (fairshare.py)
+            return await _forward(request, model.url + request.path, body)
     if body.get("tools"):
         # Tools are checked by the tool module (its messages say exactly what is wrong and it
         # bounds their cost); the rest of the request as any other.
         rest = {key: value for key, value in body.items() if key != "tools"}
         checked = await limit_cost(request.app, model.url, rest)
-        with request.app[LOAD].generation():
+        async with generation_turn(request, model.url):  # the learner's turn (fairshare.py)
             return await tools.chat(
                 request.app[SESSION],
                 model.url,
@@ -84,7 +85,7 @@ async def forward_openai(request: web.Request) -> web.StreamResponse:
             )
     _check_tools(body.get("tools"))
     body = await limit_cost(request.app, model.url, body)
-    with request.app[LOAD].generation():
+    async with generation_turn(request, model.url):  # the learner's turn (fairshare.py)
         return await _forward_generation(request, model.url + request.path, body)
 
 
