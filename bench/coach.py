@@ -25,7 +25,7 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from labkit import Client
 from labkit.course import grounding
 from labkit.course.coach import MODULES
 from labkit.course.coach_index import CourseIndex, Passage, anchor
+from labkit.errors import RuntimeUnavailable
 
 ROOT = Path(__file__).resolve().parent.parent
 MESSAGES = ROOT / "tests" / "data" / "coach" / "messages.jsonl"
@@ -70,6 +71,16 @@ def reply(
     messages = grounding.generate_messages(item["message"], passages, MODULES[module].system)
     answer = client.chat(messages, temperature=0.0, seed=42, max_tokens=250)
     return grounding.generate_reply(answer.text, passages, link, answer)
+
+
+def patient(ask: Callable[[], grounding.Grounded], tries: int = 4) -> grounding.Grounded:
+    """``ask()``, asked again after a pause while the runtime restarts (a shared one may)."""
+    for _ in range(tries - 1):
+        try:
+            return ask()
+        except RuntimeUnavailable:
+            time.sleep(20)
+    return ask()
 
 
 def score(
@@ -140,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = []
     started = time.monotonic()
     for n, item in enumerate(items, start=1):
-        result = reply(item, course, client, mode, args.chooser == "top")
+        result = patient(lambda item=item: reply(item, course, client, mode, args.chooser == "top"))
         results.append(result)
         if args.show:
             print(f"\n--- {item['id']} ({item['split']}): {item['message']}\n{result.text}")
