@@ -7,9 +7,11 @@ keeps the others itself, in one queue per learner. When a slot frees, it goes to
 learner with the fewest requests in flight; among equals, to the one whose last turn was
 longest ago (round-robin). Within one learner, requests keep their arrival order.
 
-While two or more learners have asked within ``RECENT_SECONDS``, one learner holds at most
-all slots but one, so the next learner to arrive starts at once instead of waiting for a
-long answer to end. Alone, a learner may use every slot.
+A request cannot be stopped to make room, so the front keeps room instead: every other
+learner who asked within ``RECENT_SECONDS`` keeps one slot free for their next request. A
+learner holds at most the slots less one per such learner (always at least one), so a light
+learner who comes back starts at once instead of waiting for a long answer to end. Alone, a
+learner may use every slot.
 
 A learner is named by the ``X-Labkit-Learner`` header, which the class server's nginx sets
 from the learner's token (replacing whatever the client sent); without it, by the client's
@@ -50,8 +52,9 @@ __all__ = [
 
 LEARNER_HEADER = "X-Labkit-Learner"
 MAX_LEARNER_CHARS = 128  # a login name fits many times; longer is no name
-# A class works in bursts: a learner who asked two minutes ago is likely to ask again.
-RECENT_SECONDS = 120.0
+# A class works in bursts: a learner who asked half a minute ago is likely to ask again. A
+# longer window keeps slots free for longer for learners who may not come back.
+RECENT_SECONDS = 30.0
 DEFAULT_SLOTS = 4  # what the runtime gives each llama.cpp server (server.py)
 POLL_SECONDS = 0.1  # how often a waiting request checks that its client is still there
 
@@ -92,12 +95,18 @@ class FairShare:
             return len(self.queues.get(learner, ()))
         return sum(len(queue) for queue in self.queues.values())
 
-    def cap(self) -> int:
-        """Slots one learner may hold now: all but one while others have asked recently."""
+    def cap(self, learner: str) -> int:
+        """Slots ``learner`` may hold now: one fewer for each other learner about, at least one."""
+        return self._cap(learner, self._active())
+
+    def _active(self) -> set[str]:
+        """Learners with requests in flight or waiting, or who asked recently."""
         now = self.clock()
         active = {name for name, when in self.seen.items() if now - when < self.recent}
-        active |= self.running.keys() | self.queues.keys()
-        return self.slots - 1 if len(active) > 1 and self.slots > 1 else self.slots
+        return active | self.running.keys() | self.queues.keys()
+
+    def _cap(self, learner: str, active: set[str]) -> int:
+        return max(1, self.slots - len(active - {learner}))
 
     async def acquire(self, learner: str, gone: Callable[[], bool] | None = None) -> None:
         """Wait for a slot in ``learner``'s turn; ``ClientLeft`` if ``gone()`` turns true first.
@@ -147,8 +156,10 @@ class FairShare:
     def _dispatch(self) -> None:
         """Admit waiting requests while slots are free, each to the learner whose turn it is."""
         while self.in_flight < self.slots:
-            cap = self.cap()
-            candidates = [name for name in self.queues if self.running.get(name, 0) < cap]
+            active = self._active()
+            candidates = [
+                name for name in self.queues if self.running.get(name, 0) < self._cap(name, active)
+            ]
             if not candidates:
                 return
             # Fewest in flight first, then longest since the last turn (never: first of all);

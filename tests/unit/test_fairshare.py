@@ -154,28 +154,36 @@ def test_a_cancelled_request_holds_no_slot() -> None:
     run(scenario)
 
 
-def test_one_learner_keeps_one_slot_free_while_others_are_about() -> None:
+def test_each_learner_about_keeps_a_slot_free() -> None:
     async def scenario() -> None:
         clock = Clock()
-        bench = Bench(FairShare(4, clock=clock, recent=120))
+        bench = Bench(FairShare(4, clock=clock, recent=30))
         light = bench.send("bo")
         await bench.settle()
         await bench.finish(light)
-        assert bench.scheduler.cap() == 4  # one learner about: every slot is theirs
+        assert bench.scheduler.cap("bo") == 4  # alone: every slot is theirs
         heavy = [bench.send("heavy") for _ in range(6)]
         await bench.settle()
-        assert bench.scheduler.cap() == 3  # bo asked a moment ago
+        assert bench.scheduler.cap("heavy") == 3  # bo asked a moment ago
         assert bench.admitted[1:] == heavy[:3] and bench.scheduler.in_flight == 3
         again = bench.send("bo")
         await bench.settle()
         assert bench.admitted[-1] == again  # the free slot: at once, no one had to finish
         await bench.finish(again)
-        # Once the others have been quiet for the window, a learner may use every slot.
-        clock.now += 121
+        assert bench.scheduler.in_flight == 3  # bo's slot stays free for bo's next request
+        # Two more learners about: two more slots kept free, down to one for the heavy one.
+        for name in ("cy", "di"):
+            await bench.finish(bench.send(name))
+        assert bench.scheduler.cap("heavy") == 1
         await bench.finish(heavy[0])
-        assert bench.scheduler.cap() == 4
-        assert bench.scheduler.running == {"heavy": 4}
-        for name in heavy[1:]:
+        await bench.finish(heavy[1])
+        assert bench.scheduler.running == {"heavy": 1}
+        # Once the others have been quiet for the window, a learner may use every slot.
+        clock.now += 31
+        await bench.finish(heavy[2])
+        assert bench.scheduler.cap("heavy") == 4
+        assert bench.scheduler.running == {"heavy": 3}  # the three still waiting
+        for name in heavy[3:]:
             await bench.finish(name)
         assert bench.scheduler.in_flight == 0
 
