@@ -10,10 +10,11 @@ It also sorts the tests by what they need (markers, registered in pyproject.toml
 * ``slow`` — left out by ``./lab test --fast``: the lessons (minutes each), the runtime matrix
   and the solutions' grading, the browser, class-scale grading in the sandbox, the RAG evaluation;
 * ``matrix`` — the other kinds of runtime (marked in tests/runtimes/ itself);
-* ``sandbox``, ``browser``, ``nginx`` — root, Chromium, nginx. A test that needs one this
+* ``sandbox``, ``browser``, ``nginx``, ``jupyterhub`` — root, Chromium, nginx, JupyterHub's
+  proxy (configurable-http-proxy, from npm). A test that needs one this
   machine lacks is skipped, and one line at the end of the run says what is missing and the
   command that adds it. With ``CI=true`` or ``LABKIT_REQUIRE_ALL=1`` such a skip is a failure:
-  CI has all three, so none of these tests may pass there without running.
+  CI has them all, so none of these tests may pass there without running.
 
 At the end of a run it prints the wall time of each group of tests (unit, live, notebooks,
 matrix, grading, browser), and schedules xdist work so the longest groups start first.
@@ -139,6 +140,14 @@ def _nginx() -> str | None:
     )
 
 
+def _jupyterhub() -> bool:
+    import importlib.util
+
+    proxy = Path(sys.prefix) / "node/node_modules/.bin/configurable-http-proxy"
+    found = shutil.which("configurable-http-proxy") or proxy.exists()
+    return importlib.util.find_spec("jupyterhub") is not None and bool(found)
+
+
 NEEDS = {
     need.marker: need
     for need in (
@@ -155,6 +164,12 @@ NEEDS = {
             "sudo bash .ci/browser-deps.sh, or set LABKIT_CHROMIUM",
         ),
         Need("nginx", "nginx", lambda: _nginx() is not None, "sudo apt-get install nginx"),
+        Need(
+            "jupyterhub",
+            "JupyterHub and configurable-http-proxy",
+            _jupyterhub,
+            "sudo bash .ci/hub-deps.sh",
+        ),
     )
 }
 
@@ -198,7 +213,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def pytest_runtest_setup(item: pytest.Item) -> None:
     # The sandbox's tests say for themselves what they cannot do without root; Chromium and
     # nginx are checked here, before a fixture starts JupyterLab or a proxy for nothing.
-    for name in ("browser", "nginx"):
+    for name in ("browser", "nginx", "jupyterhub"):
         need = NEEDS[name]
         if item.get_closest_marker(name) and not need.present():
             pytest.skip(f"needs {need.what}: {need.how}")

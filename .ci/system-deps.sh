@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Debian packages that tests use beyond Python: nginx for the deployment tests, and what the
-# browser tests need (.ci/browser-deps.sh). Idempotent: returns at once when all is present.
+# Debian packages that tests use beyond Python: nginx for the deployment tests, what the
+# browser tests need (.ci/browser-deps.sh) and JupyterHub's proxy (.ci/hub-deps.sh).
+# Idempotent: returns at once when all is present.
 set -euo pipefail
 cd "$(dirname "$0")"
 if ! command -v nginx >/dev/null && ! [ -x /usr/sbin/nginx ]; then
@@ -12,3 +13,4 @@ if ! command -v nginx >/dev/null && ! [ -x /usr/sbin/nginx ]; then
     { service nginx stop || true; } >/dev/null 2>&1
 fi
 bash browser-deps.sh
+bash hub-deps.sh
