@@ -84,6 +84,14 @@ def add_arguments(parser: Any) -> None:
         "requests and embeddings are answered from a cache shared by the run)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        default="",
+        help="grade on the workers of this Dask scheduler (tcp://HOST:8786), each with its "
+        "own runtime and sandbox, instead of on this machine (needs the [class] extra; "
+        "--workers is then each `dask worker`'s --nthreads)",
+    )
     lms = parser.add_argument_group("an import file for a learning platform, beside gradebook.csv")
     lms.add_argument(
         "--lms", choices=("canvas", "moodle"), help="also write canvas.csv or moodle.csv"
@@ -135,9 +143,12 @@ def cli(args: Any) -> int:
 
         match = args.roster_match or ("SIS Login ID" if args.lms == "canvas" else "learner")
         read_roster(Path(args.roster), match)
-    url = args.runtime or discovery.find_runtime(start=True).url
-    for gap in box_gaps(sandbox=options.sandbox):  # never a weaker box in silence
-        print(f"Not enforced here: {gap}")
+    if options.scheduler:  # each worker uses its own runtime and box, and names its gaps
+        url = args.runtime or ""
+    else:
+        url = args.runtime or discovery.find_runtime(start=True).url
+        for gap in box_gaps(sandbox=options.sandbox):  # never a weaker box in silence
+            print(f"Not enforced here: {gap}")
     report = grade(
         submissions,
         exercise,
@@ -196,6 +207,7 @@ def grade_options(args: Any) -> GradeOptions:
         network=args.network,
         cache=not args.no_cache,
         progress=not args.quiet,
+        scheduler=args.scheduler,
     )
 
 

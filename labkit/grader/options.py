@@ -42,6 +42,9 @@ class GradeOptions:
     network: str = "runtime"  # "runtime": kernels reach only the runtime; "host": the network
     cache: bool = True  # repeated deterministic model requests answered from a shared cache
     progress: bool = True  # a progress bar on the terminal
+    # A Dask scheduler's address (tcp://HOST:8786): its workers grade, on their machines,
+    # instead of this machine's pool; "" grades here.
+    scheduler: str = ""
 
     def __post_init__(self) -> None:
         """Refuse options no notebook could be graded under, naming the flag to fix."""
@@ -53,6 +56,11 @@ class GradeOptions:
                 raise GradingError(
                     f"{flag} {value:g} is too small to grade anything; use {least:g} or more."
                 )
+        if self.scheduler != self.scheduler.strip() or " " in self.scheduler:
+            raise GradingError(
+                f"--scheduler {self.scheduler!r} is not an address; give the one "
+                "`dask scheduler` prints, such as tcp://10.0.0.5:8786."
+            )
         if self.network not in NETWORKS:
             raise GradingError(
                 f"--network {self.network!r} is not one the grader knows; use "

@@ -198,7 +198,9 @@ def grade(
     failed in the grader.
     """
     options = options or GradeOptions()
-    if options.sandbox and (sys.platform != "linux" or os.geteuid() != 0):
+    # With a scheduler, the notebooks run on its workers: they need root, this machine not.
+    local = not options.scheduler
+    if local and options.sandbox and (sys.platform != "linux" or os.geteuid() != 0):
         raise GradingError(
             "Grading isolates each notebook as an unprivileged user, which needs root on "
             "Linux: run it with sudo, or pass --no-sandbox to grade trusted notebooks."
@@ -249,7 +251,14 @@ def grade(
     seconds = 0.0
     if todo:
         places = _Places(submissions, out, key_path, master_path, root)
-        uids, seconds = _grade_all(todo, exercise, options, runtime_url, places, finish)
+        if options.scheduler:  # Dask is imported only for a run that asks for it
+            from labkit.grader.distributed import grade_on_cluster
+
+            uids, seconds = grade_on_cluster(
+                todo, exercise, options, runtime_url, places, finish, say
+            )
+        else:
+            uids, seconds = _grade_all(todo, exercise, options, runtime_url, places, finish)
     ordered = book.finish()
     say(
         f"Graded {len(todo)} notebook(s), reused {len(found) - len(todo)} unchanged, "
@@ -643,7 +652,7 @@ class _Pool:
             assert task is not None
             if "grader-error" in payload["status"] and task.attempt < ATTEMPTS:
                 # The worker may be what is broken (its kernel starter, say): retire it.
-                why = "; ".join(payload["notes"][-1:]) or "the grader failed"
+                why = retry_reason(payload)
                 self.retire(member)
                 self.start(member.number, _Task(task.sub, task.attempt + 1, [why]))
                 return
@@ -678,18 +687,11 @@ class _Pool:
                 )
         task = member.task
         if task is not None:
-            what = f"The grading worker stopped (exit code {code}) while grading this notebook."
-            if member.stuck:
-                what = f"The grading worker was stuck on this notebook for {member.stuck:.0f} s."
+            what = death_note(code, member.stuck)
             if task.attempt < ATTEMPTS:
                 retry = _Task(task.sub, task.attempt + 1, [*task.earlier, what])
             else:
-                result = empty_result(self.settings.exercise, task.sub, ["grader-error"])
-                result["notes"].append(
-                    f"{what} It was tried {task.attempt} times; grade again to try once more."
-                )
-                task.earlier.append(what)
-                self.finish(task, result)
+                self.finish(task, gave_up(self.settings.exercise, task, what))
         if retry is not None or self.queue:
             self.start(member.number, retry)
 
@@ -712,6 +714,28 @@ class _Pool:
             if member.task is not None:
                 member.process.kill()
             self.retire(member)
+
+
+def death_note(code: int | None, stuck: float = 0.0) -> str:
+    """What a result's history says when the worker grading it stopped (or was stuck)."""
+    if stuck:
+        return f"The grading worker was stuck on this notebook for {stuck:.0f} s."
+    return f"The grading worker stopped (exit code {code}) while grading this notebook."
+
+
+def gave_up(exercise: Exercise, task: _Task, what: str) -> dict[str, Any]:
+    """The result of a notebook whose last attempt ended with ``what``: no points, try again."""
+    result = empty_result(exercise, task.sub, ["grader-error"])
+    result["notes"].append(
+        f"{what} It was tried {task.attempt} times; grade again to try once more."
+    )
+    task.earlier.append(what)
+    return result
+
+
+def retry_reason(result: dict[str, Any]) -> str:
+    """Why a result the grader failed on is tried again, for the next attempt's history."""
+    return "; ".join(result["notes"][-1:]) or "the grader failed"
 
 
 def _route(
