@@ -4,7 +4,16 @@ model-bound classes (the course's real exercises) with and without the reply cac
 Run (as root, for the sandbox; the runtime must be up): .venv/bin/python bench/grading.py
 Options: --rounds N (default 2), --no-sandbox (grade without isolation, e.g. not as root),
 --exercises 01,02,03,04 (model-bound classes to grade; "" for none), --copies N (learners
-per model-bound class, default 6), --skip-overhead (only the model-bound classes).
+per model-bound class, default 6), --skip-overhead (only the model-bound classes),
+--varied N (a varied class of exercise 3, N learners; 0 for none), --varied-workers W
+(default 2), --scheduler ADDRESS (grade the varied class on that Dask cluster too).
+
+A varied class is what a real class looks like to the cache: each learner's exercise 3 is
+the solution with their own chunk size, overlap, k and system prompt, drawn (seeded) from
+choices a learner might make, so their embeddings and chats differ. It reports core-seconds
+per notebook (grading phase x cores busy / notebooks) and projects a class of 300 on 2, 8
+and 32 cores (on one machine, or on several with a runtime each: --scheduler), at that
+rate; the goal is 30 min.
 
 Goals: per-notebook overhead besides model time ≤ 0.5 s (trivial notebooks: kernel start,
 cells, tests, feedback); 2 workers grade the same 20 notebooks ≥ 1.6x faster than 1; a class
@@ -18,7 +27,9 @@ Timings depend on what else runs on the machine: the load average is printed wit
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import re
 import shutil
 import statistics
 import tempfile
@@ -345,6 +356,140 @@ def model_bound(args: argparse.Namespace, sandbox: bool, url: str) -> None:
     )
 
 
+CHUNK_SIZES = (120, 160, 200, 240, 300, 400)
+OVERLAPS = (0, 10, 20, 30, 50)
+TOP_KS = (2, 3, 4, 5, 6)
+PROMPTS = (
+    "You answer employees' questions about Fernhollow Analytics' HR policies. Use only the "
+    "numbered passages. After each fact, cite its passage number in square brackets, like [2]. ",
+    "You are Fernhollow Analytics' HR assistant. Answer from the numbered passages only, "
+    "briefly, and cite the passage of each fact as [n]. ",
+    "Answer questions about HR policy using nothing but the passages below. Every sentence "
+    "ends with the number of its passage in square brackets. ",
+    "You help staff find HR rules. Quote the rule, cite its passage like [1], never guess. ",
+)
+
+
+def varied_class(folder: Path, learners: int, seed: int = 3) -> list[dict[str, Any]]:
+    """``learners`` notebooks of exercise 3, each the solution with its own choices.
+
+    The chunk size, overlap, k and system prompt are drawn per learner (seeded): the
+    settings a class would try, so each notebook builds its own index and asks its own
+    prompts, as in a real class (the cache then helps only where choices coincide).
+    """
+    import random
+
+    pick = random.Random(seed)
+    solution = nbformat.read(str(PROJECT / "solutions" / "03-hr-rag.ipynb"), as_version=4)
+    folder.mkdir(parents=True)
+    chosen = []
+    for n in range(learners):
+        nb = nbformat.from_dict(json.loads(json.dumps(solution)))  # a copy to edit
+        size = pick.choice(CHUNK_SIZES)
+        overlap = pick.choice([o for o in OVERLAPS if o < size // 3])
+        k, prompt = pick.choice(TOP_KS), pick.choice(PROMPTS)
+        settings = {"CHUNK_SIZE": size, "CHUNK_OVERLAP": overlap, "TOP_K": k}
+        changed = 0
+        for cell in nb.cells:
+            if cell.cell_type != "code":
+                continue
+            for name, value in settings.items():
+                cell.source, hits = re.subn(rf"(?m)^{name} = .*$", f"{name} = {value}", cell.source)
+                changed += hits
+            if cell.source.startswith("SYSTEM_PROMPT = ("):
+                first = cell.source.index("(") + 1
+                end = cell.source.index("f'If the passages")
+                cell.source = cell.source[:first] + f"\n    {prompt!r}\n    " + cell.source[end:]
+                changed += 1
+        if changed != 4:  # the solution's cells moved: say so rather than bench copies
+            raise SystemExit(f"exercise 3's solution changed shape ({changed} of 4 settings found)")
+        nbformat.write(nb, str(folder / f"learner-{n:03d}.ipynb"))
+        chosen.append({"size": size, "overlap": overlap, "k": k, "prompt": PROMPTS.index(prompt)})
+    return chosen
+
+
+def varied(args: argparse.Namespace, sandbox: bool, url: str) -> None:
+    """A varied class of exercise 3: core-seconds per notebook, and 300 learners projected."""
+    if args.varied <= 0:
+        return
+    load_before = os.getloadavg()[0]
+    key = grading.find_key(PROJECT, "03")
+    with tempfile.TemporaryDirectory(prefix="labkit-bench-varied-") as tmp:
+        base = Path(tmp)
+        chosen = varied_class(base / "class", args.varied)
+        distinct = len({tuple(c.values()) for c in chosen})
+        print(
+            f"\nVaried class: {args.varied} notebooks of {key.stem}, {distinct} distinct choices "
+            f"of chunk size, overlap, k and system prompt",
+            flush=True,
+        )
+        runs = {}
+        plan = [("here", "")]
+        if args.scheduler:
+            plan.append(("cluster", args.scheduler))
+        for name, scheduler in plan:
+            start = time.perf_counter()
+            report = grading.grade(
+                base / "class",
+                assign.load_key(key),
+                base / f"out-{name}",
+                grading.GradeOptions(
+                    workers=args.varied_workers,
+                    timeout=180,
+                    regrade=True,
+                    sandbox=sandbox,
+                    progress=False,
+                    scheduler=scheduler,
+                ),
+                runtime_url=url,
+                key_path=key,
+                root=PROJECT,
+                say=lambda _: None,
+            )
+            runs[name] = (time.perf_counter() - start, report)
+        load_after = os.getloadavg()[0]
+    wall, report = runs["here"]
+    cores = min(args.varied_workers, os.cpu_count() or 1)
+    per_notebook = [r["seconds"] for r in report.results]
+    core_seconds = report.grading_seconds * cores / len(report.results)
+    totals = [r["total"] for r in report.results]
+    print(
+        f"graded here: {report.grading_seconds:.0f} s grading phase ({wall:.0f} s with start-up), "
+        f"{args.varied_workers} workers on {cores} of {os.cpu_count()} cores, load average "
+        f"{load_before:.1f} → {load_after:.1f}"
+    )
+    print(
+        f"scores: mean {statistics.mean(totals):.2f} of {report.exercise.possible:g}, "
+        f"min {min(totals):g}, max {max(totals):g}"
+    )
+    row("measure", "value", "goal", "verdict")
+    row("seconds per notebook in a worker (median)", f"{statistics.median(per_notebook):.1f} s")
+    row("seconds per notebook in a worker (mean)", f"{statistics.mean(per_notebook):.1f} s")
+    row("core-seconds per notebook (phase x cores / n)", f"{core_seconds:.1f} cs")
+    for n in (2, 8, 32):
+        minutes = 300 * core_seconds / n / 60
+        row(
+            f"300 learners on {n} cores (projected)",
+            f"{minutes:.1f} min",
+            "≤ 30 min",
+            "met" if minutes <= 30 else "NOT met",
+        )
+    if "cluster" in runs:
+        cluster_wall, cluster = runs["cluster"]
+        same = _scores(cluster) == _scores(report)
+        row("the same class on the cluster (grading phase)", f"{cluster.grading_seconds:.0f} s")
+        row("  … with connecting and its workers' start-up", f"{cluster_wall:.0f} s")
+        row("  same scores as graded here", "yes" if same else "NO")
+    print(
+        "\ncore-seconds: the cores the workers kept busy (the runtime's included) for the "
+        "grading phase, per notebook; on a loaded machine this overstates the cost (the load "
+        "average is printed). The projection divides 300 notebooks' core-seconds by the "
+        "cores: it holds while each machine has its own runtime and a worker per core, which "
+        "is how `labkit grade --scheduler` runs; a shared cache across a class of 300 could "
+        "only lower it."
+    )
+
+
 def _scores(report: Any) -> dict[str, Any]:
     return {r["learner"]: r["scores"] for r in report.results}
 
@@ -364,12 +509,16 @@ def main() -> None:
     parser.add_argument(
         "--no-cold", action="store_true", help="skip the uncached run (scores compared cached)"
     )
+    parser.add_argument("--varied", type=int, default=0, help="learners in a varied class")
+    parser.add_argument("--varied-workers", type=int, default=2)
+    parser.add_argument("--scheduler", default="", help="also grade the varied class there")
     args = parser.parse_args()
     sandbox = not args.no_sandbox
     url = discovery.find_runtime().url
     if not args.skip_overhead:
         overhead(args, sandbox, url)
     model_bound(args, sandbox, url)
+    varied(args, sandbox, url)
 
 
 if __name__ == "__main__":
