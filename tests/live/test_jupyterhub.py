@@ -478,6 +478,7 @@ class Session:
     errors: list[str]
     probe: dict[str, Any]
     quiz: dict[str, Any]
+    kernel: Kernel  # the notebook's kernel, still running (as a learner's would be)
 
 
 def _log_in(hub: Hub, name: str, password: str) -> str:
@@ -501,31 +502,29 @@ def _work(hub: Hub, name: str, token: str) -> Session:
     assert answer.status_code == 200, f"{name}'s server has no {path}: {answer.text}"
     notebook = nbformat.from_dict(answer.json()["content"])
     kernel = Kernel(server, token, "course/notebooks")
-    try:
-        outputs, errors = [], []
-        for cell in notebook.cells:
-            if cell.cell_type == "code":
-                text, failed = kernel.run(cell.source)
-                outputs.append(text)
-                errors += failed
-                if failed:
-                    break
-        probe = _first_json(kernel.run(PROBE)[0], "PROBE") if not errors else {}
-        text, failed = kernel.run("import json\n" + _quiz_cell())
-        errors += failed
-        quiz = _first_json(text, "QUIZ") if not failed else {}
-    finally:
-        kernel.close()
-    return Session(name, token, server, outputs, errors, probe, quiz)
+    outputs, errors = [], []
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            text, failed = kernel.run(cell.source)
+            outputs.append(text)
+            errors += failed
+            if failed:
+                break
+    probe = _first_json(kernel.run(PROBE)[0], "PROBE") if not errors else {}
+    text, failed = kernel.run("import json\n" + _quiz_cell())
+    errors += failed
+    quiz = _first_json(text, "QUIZ") if not failed else {}
+    return Session(name, token, server, outputs, errors, probe, quiz, kernel)
 
 
 @pytest.fixture(scope="module")
-def class_run(hub: Hub, learners: dict[str, str]) -> dict[str, Session]:
+def class_run(hub: Hub, learners: dict[str, str]) -> Iterator[dict[str, Session]]:
     """Each learner logged in, their server started by the instructor's token, notebook 00 run."""
     hub.api("POST", "/users", json={"usernames": list(LEARNERS)}, timeout=30)
     tokens = {name: _log_in(hub, name, password) for name, password in learners.items()}
-    for name in LEARNERS:
-        hub.api("POST", f"/users/{name}/server", timeout=150)
+    # Each POST waits up to 10 s for its server: ask for all three at once.
+    with ThreadPoolExecutor(len(LEARNERS)) as pool:
+        list(pool.map(lambda name: hub.api("POST", f"/users/{name}/server", timeout=150), LEARNERS))
     deadline = time.monotonic() + 150
     waiting = set(LEARNERS)
     while waiting and time.monotonic() < deadline:
@@ -537,8 +536,12 @@ def class_run(hub: Hub, learners: dict[str, str]) -> dict[str, Session]:
     assert not waiting, f"servers not ready: {waiting}\n{hub.log.read_text()[-3000:]}"
     # The three learners work at the same time, as a class does.
     with ThreadPoolExecutor(len(LEARNERS)) as pool:
-        done = pool.map(lambda name: _work(hub, name, tokens[name]), LEARNERS)
-        return {session.name: session for session in done}
+        sessions = {s.name: s for s in pool.map(lambda n: _work(hub, n, tokens[n]), LEARNERS)}
+    try:
+        yield sessions
+    finally:
+        for session in sessions.values():
+            session.kernel.close()
 
 
 @pytest.mark.sandbox
@@ -601,27 +604,25 @@ def test_each_learner_sees_their_own_quiz_order(class_run: dict[str, Session]) -
 @pytest.mark.nginx
 @pytest.mark.jupyterhub
 def test_a_learners_labkit_down_cannot_stop_the_shared_runtime(
-    class_run: dict[str, Session], hub: Hub, embedded: runtime.RuntimeRecord
+    class_run: dict[str, Session],
 ) -> None:
+    shared = runtime.read_record()  # the session's runtime: another user's, to the learners
+    assert shared is not None
     first, second = (class_run[name] for name in LEARNERS[:2])
-    kernel = Kernel(first.server, first.token, "course")
-    try:
-        text, errors = kernel.run(
-            "import json, os, signal, subprocess\n"
-            "own = subprocess.run(['labkit', 'down'], capture_output=True, text=True)\n"
-            # Pointed at the shared runtime's own folder: its record is not theirs to read.
-            f"env = {{**os.environ, 'LABKIT_HOME': {str(runtime.home())!r}}}\n"
-            "theirs = subprocess.run(['labkit', 'down'], capture_output=True, text=True, env=env)\n"
-            "try:\n"
-            f"    os.kill({embedded.pid}, signal.SIGTERM)\n"
-            "    killed = 'sent'\n"
-            "except PermissionError:\n"
-            "    killed = 'refused'\n"
-            "print('DOWN' + json.dumps({'own': own.stdout + own.stderr, 'own_rc': own.returncode,"
-            " 'theirs': theirs.stdout + theirs.stderr, 'kill': killed}))\n"
-        )
-    finally:
-        kernel.close()
+    text, errors = first.kernel.run(
+        "import json, os, signal, subprocess\n"
+        "own = subprocess.run(['labkit', 'down'], capture_output=True, text=True)\n"
+        # Pointed at the shared runtime's own folder: its record is not theirs to read.
+        f"env = {{**os.environ, 'LABKIT_HOME': {str(runtime.home())!r}}}\n"
+        "theirs = subprocess.run(['labkit', 'down'], capture_output=True, text=True, env=env)\n"
+        "try:\n"
+        f"    os.kill({shared.pid}, signal.SIGTERM)\n"
+        "    killed = 'sent'\n"
+        "except PermissionError:\n"
+        "    killed = 'refused'\n"
+        "print('DOWN' + json.dumps({'own': own.stdout + own.stderr, 'own_rc': own.returncode,"
+        " 'theirs': theirs.stdout + theirs.stderr, 'kill': killed}))\n"
+    )
     assert errors == []
     down = _first_json(text, "DOWN")
     assert down["own_rc"] == 0 and "No embedded runtime is running" in down["own"], down
@@ -629,16 +630,10 @@ def test_a_learners_labkit_down_cannot_stop_the_shared_runtime(
     assert down["kill"] == "refused"
     # The shared runtime is the same process, and another learner's call still gets through.
     still = runtime.read_record()
-    assert still is not None and still.pid == embedded.pid
-    kernel = Kernel(second.server, second.token, "course")
-    try:
-        text, errors = kernel.run(
-            "from labkit import Client\n"
-            "print('REPLY' + str(bool(Client().chat('Say hi.', temperature=0, seed=1,"
-            " max_tokens=4).text)))\n"
-        )
-    finally:
-        kernel.close()
+    assert still is not None and still.pid == shared.pid
+    text, errors = second.kernel.run(
+        "print('REPLY' + str(bool(client.chat('Say hi.', temperature=0, seed=1, max_tokens=4).text)))"
+    )
     assert errors == [] and "REPLYTrue" in text
 
 
