@@ -331,6 +331,7 @@ LONG = {
     "03-hr-rag": 120.0,
     "test_rag_eval.py": 120.0,
     "test_hardening.py": 60.0,
+    "test_jupyterhub.py": 60.0,
 }
 
 
