@@ -15,8 +15,8 @@ learner may use every slot.
 
 A learner is named by the ``X-Labkit-Learner`` header, which the class server's nginx sets
 from the learner's token (replacing whatever the client sent); without it, by the client's
-address. On one machine that is one learner, and everything is served in arrival order as
-before. ``LABKIT_FAIR_SHARE=off`` (read when the runtime starts serving) turns the queues
+address. On one machine that is one learner, and everything is served in arrival order, as
+llama.cpp alone would. ``LABKIT_FAIR_SHARE=off`` (read when the runtime starts serving) turns the queues
 off, leaving the order to llama.cpp.
 """
 
