@@ -48,9 +48,9 @@ from labkit.grader.settings import SCRATCH_BASE, GradingError, Submission
 __all__ = [
     "COURSE_VARIABLE",
     "IDLE_SECONDS",
+    "Cluster",
     "Job",
     "check_worker",
-    "grade_on_cluster",
     "grade_task",
     "labkit_hash",
     "stop_run",
@@ -584,31 +584,46 @@ def _check_cluster(client: Any, job: Job, say: Callable[[str], None]) -> None:
     say(f"Grading on {len(reports)} Dask worker(s), notebooks at a time: {hosts}")
 
 
-def grade_on_cluster(
-    todo: list[Submission],
-    exercise: Exercise,
-    options: GradeOptions,
-    runtime_url: str,
-    places: Any,
-    finish: Callable[[Submission, dict[str, Any]], None],
-    say: Callable[[str], None] = print,
-) -> tuple[list[int], float]:
-    """Grade ``todo`` on the cluster's workers, handing each result to ``finish`` as it comes.
+class Cluster:
+    """A Dask cluster that has been checked for one run: it grades notebooks, then is closed.
 
-    The grading users' ids and the seconds from the first notebook sent to the last result
-    come back, as from the local pool.
+    Opening it connects to the scheduler and asks every worker whether it can grade this
+    class; any that cannot stop the run here, before anything is written.
     """
-    from labkit.grader.run import ATTEMPTS, _progress, _Task, gave_up, retry_reason
 
-    distributed = _import_distributed()
-    client = _connect(distributed, options.scheduler)
-    job = _job(exercise, options, runtime_url, places)
-    pending: dict[Any, _Task] = {}
-    uids: set[int] = set()
-    try:
-        _check_cluster(client, job, say)
+    def __init__(
+        self,
+        exercise: Exercise,
+        options: GradeOptions,
+        runtime_url: str,
+        places: Any,
+        say: Callable[[str], None] = print,
+    ) -> None:
+        self.distributed = _import_distributed()
+        self.exercise, self.options = exercise, options
+        self.job = _job(exercise, options, runtime_url, places)
+        self.client = _connect(self.distributed, options.scheduler)
+        try:
+            _check_cluster(self.client, self.job, say)
+        except BaseException:
+            self.client.close(timeout=10)
+            raise
+
+    def grade(
+        self, todo: list[Submission], finish: Callable[[Submission, dict[str, Any]], None]
+    ) -> tuple[list[int], float]:
+        """Grade ``todo`` on the workers, handing each final result to ``finish`` as it comes.
+
+        The grading users' ids and the seconds from the first notebook sent to the last
+        result come back, as from the local pool.
+        """
+        from labkit.grader.run import ATTEMPTS, _progress, _Task, gave_up, retry_reason
+
+        client, job, exercise = self.client, self.job, self.exercise
         queue = deque(_Task(sub) for sub in todo)
-        flowing = distributed.as_completed(loop=client.loop)
+        pending: dict[Any, _Task] = {}
+        flowing = self.distributed.as_completed(loop=client.loop)
+        uids: set[int] = set()
         sent = 0
 
         def send() -> None:
@@ -632,37 +647,42 @@ def grade_on_cluster(
                 pending[future] = task
                 flowing.add(future)
 
-        bar = _progress(len(todo), exercise.name, options.progress)
+        bar = _progress(len(todo), exercise.name, self.options.progress)
         started = time.perf_counter()
-        send()
-        for future in flowing:
-            task = pending.pop(future)
-            kind, payload = _outcome(future, distributed, options.scheduler)
-            if kind == "result":
-                if "grader-error" in payload["status"] and task.attempt < ATTEMPTS:
-                    queue.appendleft(_Task(task.sub, task.attempt + 1, [retry_reason(payload)]))
-                else:
+        try:
+            send()
+            for future in flowing:
+                task = pending.pop(future)
+                kind, payload = _outcome(future, self.distributed, self.options.scheduler)
+                if kind == "result" and not (
+                    "grader-error" in payload["status"] and task.attempt < ATTEMPTS
+                ):
                     uids.update(payload.get("uids", []))
                     payload["attempts"], payload["retried"] = task.attempt, task.earlier
                     finish(task.sub, payload)
                     bar.update(1)
-            elif task.attempt < ATTEMPTS:  # its grader died: once more, in a fresh one
-                queue.appendleft(_Task(task.sub, task.attempt + 1, [*task.earlier, payload]))
-            else:
-                result = gave_up(exercise, task, payload)
-                result["attempts"], result["retried"] = task.attempt, task.earlier
-                finish(task.sub, result)
-                bar.update(1)
-            send()
-        bar.close()
+                elif kind == "result":  # the grader failed on it: once more, in a fresh one
+                    queue.appendleft(_Task(task.sub, task.attempt + 1, [retry_reason(payload)]))
+                elif task.attempt < ATTEMPTS:  # its grader died: once more, in a fresh one
+                    queue.appendleft(_Task(task.sub, task.attempt + 1, [*task.earlier, payload]))
+                else:
+                    result = gave_up(exercise, task, payload)
+                    result["attempts"], result["retried"] = task.attempt, task.earlier
+                    finish(task.sub, result)
+                    bar.update(1)
+                send()
+        finally:
+            bar.close()
+            with contextlib.suppress(Exception):
+                client.cancel(list(pending), force=True)
         return sorted(uids), time.perf_counter() - started
-    finally:
+
+    def close(self) -> None:
+        """Stop this run's grading processes on every worker, and disconnect."""
         with contextlib.suppress(Exception):
-            client.cancel(list(pending), force=True)
+            self.client.run(stop_run, self.job.token, on_error="ignore")
         with contextlib.suppress(Exception):
-            client.run(stop_run, job.token, on_error="ignore")
-        with contextlib.suppress(Exception):
-            client.close(timeout=10)
+            self.client.close(timeout=10)
 
 
 def _outcome(future: Any, distributed: Any, address: str) -> tuple[str, Any]:

@@ -217,12 +217,45 @@ def grade(
         raise GradingError(f"No notebooks (*.ipynb) to grade in {submissions}.")
     for sub in found:
         sub.sha256 = _sha256(sub.path)
+    key_hash = hashlib.sha256(json_bytes(exercise.to_key())).hexdigest()
+    previous = previous_results(out, key_hash)
+    todo = to_grade(found, previous, regrade=options.regrade)
+    places = _Places(submissions, out, key_path, master_path, root)
+    cluster = None
+    if options.scheduler and todo:  # Dask is imported only for a run that asks for it
+        from labkit.grader.distributed import Cluster
+
+        # Its workers are checked before anything is written: a cluster that cannot
+        # grade this class leaves no results folder behind.
+        cluster = Cluster(exercise, options, runtime_url, places, say)
+    try:
+        return _grade_and_write(
+            entries, todo, previous, exercise, out, options, runtime_url, places, cluster, say
+        )
+    finally:
+        if cluster is not None:
+            cluster.close()
+
+
+def _grade_and_write(
+    entries: list[Submission],
+    todo: list[Submission],
+    previous: dict[str, Any],
+    exercise: Exercise,
+    out: Path,
+    options: GradeOptions,
+    runtime_url: str,
+    places: _Places,
+    cluster: Any,
+    say: Callable[[str], None],
+) -> GradeReport:
+    """Write what is known, grade ``todo`` here or on ``cluster``, and each result at once."""
+    found = [s for s in entries if not s.skipped]
+    root, master_path = places.root, places.master_path
     out.mkdir(parents=True, exist_ok=True)
     if options.sandbox:
         os.chmod(out, 0o700)  # the gradebook is for the instructor only
     key_hash = hashlib.sha256(json_bytes(exercise.to_key())).hexdigest()
-    previous = previous_results(out, key_hash)
-    todo = to_grade(found, previous, regrade=options.regrade)
     book = _Book(out, exercise, key_hash, [s.learner for s in todo])
     for sub in found:
         if sub not in todo:
@@ -249,16 +282,10 @@ def grade(
 
     uids: list[int] = []
     seconds = 0.0
-    if todo:
-        places = _Places(submissions, out, key_path, master_path, root)
-        if options.scheduler:  # Dask is imported only for a run that asks for it
-            from labkit.grader.distributed import grade_on_cluster
-
-            uids, seconds = grade_on_cluster(
-                todo, exercise, options, runtime_url, places, finish, say
-            )
-        else:
-            uids, seconds = _grade_all(todo, exercise, options, runtime_url, places, finish)
+    if cluster is not None:
+        uids, seconds = cluster.grade(todo, finish)
+    elif todo:
+        uids, seconds = _grade_all(todo, exercise, options, runtime_url, places, finish)
     ordered = book.finish()
     say(
         f"Graded {len(todo)} notebook(s), reused {len(found) - len(todo)} unchanged, "

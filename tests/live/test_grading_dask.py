@@ -35,10 +35,11 @@ from labkit.grader import assign, distributed, grading, report, run
 DATA = Path(__file__).resolve().parents[1] / "data" / "grading"
 TOY = DATA / "masters" / "toy.ipynb"
 TOY_CLASS = DATA / "submissions" / "toy"
-# Notebooks that pass, fail, crash, kill their kernel, are not notebooks or are left as
-# handed out, one whose grading worker is killed, and folder entries that are not graded:
-# each a different path through the grader.
-LEARNERS = ("perfect", "partial", "untouched", "crash", "killer", "invalid", "victim")
+# Notebooks that pass, fail, crash, are not notebooks or are left as handed out, one whose
+# grading worker is killed, and folder entries that are not graded: each a different path
+# through the grader (a kernel that dies is the grading process's business, the same here
+# and there, and the costliest notebook of the toy class: left out).
+LEARNERS = ("perfect", "partial", "untouched", "crash", "invalid", "victim")
 ENTRIES = ("dup", "dup.ipynb", "twobooks", "notes.txt")
 TIMEOUT = 5.0  # seconds per cell
 MARK = f"labkit-dask-{uuid.uuid4().hex}"  # in the command line of the victim's marker process
@@ -88,7 +89,7 @@ def cluster(course: dict[str, Path]) -> Iterator[Any]:
         n_workers=2,
         threads_per_worker=1,
         processes=True,
-        dashboard_address=None,
+        dashboard_address=":0",  # any free port: 8787 may be taken
         env={distributed.COURSE_VARIABLE: str(course["workers"])},
     ) as local:
         yield local
@@ -125,14 +126,6 @@ def _files(out: Path) -> dict[str, bytes]:
     for path in sorted(out.rglob("*")):
         if path.is_file() and path.name != report.STATE:
             found[str(path.relative_to(out))] = path.read_bytes()
-    for path in (out / "executed").glob("*.ipynb"):
-        # A cell that killed its kernel has a count or not by a race (did the kernel say it
-        # started before it died?) on one machine too: cells without output lose theirs.
-        nb = json.loads(path.read_bytes())
-        for cell in nb["cells"]:
-            if cell["cell_type"] == "code" and not cell["outputs"]:
-                cell["execution_count"] = None
-        found[str(path.relative_to(out))] = json.dumps(nb, sort_keys=True).encode()
     state = json.loads((out / report.STATE).read_text())
     for result in state["results"].values():
         for field in MACHINE_FIELDS:
@@ -227,7 +220,7 @@ def test_a_cluster_grades_a_class_as_one_machine_does(
     # The toy class's statuses, so the comparison is of a class that exercised the grader.
     status = {r["learner"]: r["status"] for r in on_cluster.results}
     assert status["perfect"] == [] and status["untouched"] == ["untouched"]
-    assert status["killer"] == ["kernel-died"] and status["invalid"] == ["invalid-notebook"]
+    assert status["crash"] == ["cell-errors"] and status["invalid"] == ["invalid-notebook"]
     assert on_cluster.result("perfect")["total"] == 7
     # The victim's grader was killed once: one more try, in a fresh grading process.
     victim = on_cluster.result("victim")
@@ -253,8 +246,7 @@ def test_a_worker_without_the_course_stops_the_run_before_grading(
     message = str(caught.value)
     assert "Nothing was graded" in message and "LABKIT_COURSE" in message
     assert message.count("\n  - tcp://") == 2  # both workers are named
-    rows = (out / "gradebook.csv").read_text()
-    assert "pending" in rows  # nothing graded, and nothing half-written
+    assert not out.exists()  # checked before anything was written
 
 
 def test_a_scheduler_that_is_down_is_named(
@@ -267,3 +259,4 @@ def test_a_scheduler_that_is_down_is_named(
     with pytest.raises(GradingError, match="No Dask scheduler answers at") as caught:
         _grade(course, course["base"] / "down", rt, address)
     assert "dask scheduler" in str(caught.value)
+    assert not (course["base"] / "down").exists()
