@@ -289,8 +289,13 @@ def learner_environment(settings: HubSettings, name: str, home: Path, token: str
         "LABKIT_LEARNER": name,
         # The shared runtime, through the token proxy: discovery takes this address first.
         "LABKIT_BASE_URL": settings.runtime_url,
-        "OLLAMA_HOST": settings.runtime_url,  # read by Ollama's own Python client
         "LABKIT_API_KEY": token,
+        # Ollama's own Python client reads both; OpenAI's reads its pair when it is built
+        # without arguments (code that passes api_key="..." must pass this token instead).
+        "OLLAMA_HOST": settings.runtime_url,
+        "OLLAMA_API_KEY": token,
+        "OPENAI_BASE_URL": settings.runtime_url + "/v1",
+        "OPENAI_API_KEY": token,
         # The learner's own state folder: a runtime they start with `labkit up` (and what
         # `labkit down` stops) is theirs alone, never the shared one.
         "LABKIT_HOME": str(home / ".labkit"),

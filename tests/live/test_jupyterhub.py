@@ -426,6 +426,9 @@ print("PROBE" + json.dumps({
     "base_url": os.environ.get("LABKIT_BASE_URL"),
     "token": hashlib.sha256(os.environ.get("LABKIT_API_KEY", "").encode()).hexdigest(),
     "runtime": rt.url, "runtime_reason": rt.reason,
+    # The official clients, built without an address or key, reach it too.
+    "ollama_models": len(__import__("ollama").Client().list().models),
+    "openai_models": len(__import__("openai").OpenAI().models.list().data),
 }))
 """
 
@@ -564,6 +567,7 @@ def test_each_learner_runs_the_setup_notebook_in_their_own_server(
         assert probe["learner"] == name
         assert probe["base_url"] == probe["runtime"] == hub.proxy.url
         assert probe["runtime_reason"] == "set by $LABKIT_BASE_URL"
+        assert probe["ollama_models"] >= 2 and probe["openai_models"] >= 2
 
 
 @pytest.mark.sandbox
