@@ -12,7 +12,17 @@ A 135M-parameter model asked for design advice writes fluent, confident and ofte
   passages and cites them as [1], [2]; the citations become links to the lesson sections.
 
 Either way ``unsupported`` checks the reply: every number, code name and model name in it must
-appear in the passages it cites, and the reply says which do not.
+appear in the passages it cites, and the reply says which do not. It is a necessary check, not
+a sufficient one: a name that is in the passages can still be used wrongly.
+
+Measured with bench/coach.py on the 82 messages of tests/data/coach/messages.jsonl, the bundled
+model choosing the quotes (tuning part / held-out part):
+
+    replies with an invented name or number     0/41 / 0/41
+    replies citing a right lesson section      28/41 / 27/41   (top-scored, no model: 29 / 28)
+
+Asked to write its own reply from the same passages, the bundled model stated names or numbers
+that none of them holds in 5 of 8 Module 3 held-out messages, and cited no passage in most.
 """
 
 from __future__ import annotations
