@@ -8,8 +8,10 @@ files the lessons tell you to open (each ``labkit/*.py`` file's docstring, ``dep
 heading, embeddings from the runtime, a FAISS index.
 
 The index is saved under ``<labkit home>/coach-index/<hash>/``, where the hash covers every
-indexed text, the chunk settings and the embedding model: it is built once (a minute or so on
-the bundled runtime, with a progress bar) and again only when the course or the model changes.
+indexed text, the chunk settings and the embedding model: it is built once (some 300 passages,
+with a progress bar) and again only when the course or the model changes,
+and then only for the passages that changed. ``python -m labkit.course.coach_index`` builds it
+ahead of time, so that a learner's first message does not wait for it.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ __all__ = [
     "course_documents",
     "course_folder",
     "lab_link",
+    "main",
     "quotable_sentences",
 ]
 
@@ -427,3 +430,15 @@ def lab_link(notebook: str, heading: str, *, folder: Path | None = None) -> str:
             prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/").rstrip("/")
             return f"{prefix}/lab/tree/{quote(inside.as_posix())}#{fragment}"
     return f"{quote(os.path.relpath(target, cwd))}#{fragment}"
+
+
+def main() -> None:
+    """Build the coach's index now, with a progress bar (``python -m labkit.course.coach_index``)."""
+    from labkit.client import Client
+
+    course = CourseIndex.build(Client(start=True))
+    print(f"{course} ready in {_cache_root() / course.key}")
+
+
+if __name__ == "__main__":
+    main()
