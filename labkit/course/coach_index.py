@@ -9,9 +9,9 @@ heading, embeddings from the runtime, a FAISS index.
 
 The index is saved under ``<labkit home>/coach-index/<hash>/``, where the hash covers every
 indexed text, the chunk settings and the embedding model: it is built once (some 300 passages,
-with a progress bar) and again only when the course or the model changes,
-and then only for the passages that changed. ``python -m labkit.course.coach_index`` builds it
-ahead of time, so that a learner's first message does not wait for it.
+with a progress bar), and again only when the course or the model changes — then only the
+passages that changed are embedded. ``python -m labkit.course.coach_index`` builds it ahead of
+time, so that a learner's first message does not wait for it.
 """
 
 from __future__ import annotations
