@@ -342,6 +342,9 @@ def hub(learners: dict[str, str], embedded: runtime.RuntimeRecord) -> Iterator[H
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+            # A hub stopped while it was still starting leaves its proxy behind (its group).
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
             for stash in stashes:
                 stash.rmdir()  # its mount went with the hub's namespace
 
