@@ -30,10 +30,10 @@ import time
 import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Callable
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
-from yarl import URL
 
 from labkit.runtime.common import LOAD, ApiError, server_props
 
@@ -218,7 +218,8 @@ _SCHEDULERS: weakref.WeakKeyDictionary[web.Application, dict[str, FairShare | No
 
 
 async def _scheduler(app: web.Application, url: str) -> FairShare | None:
-    server = str(URL(url).origin())
+    parts = urlsplit(url)
+    server = f"{parts.scheme}://{parts.netloc}"  # the server, whatever path was asked
     found = _SCHEDULERS.setdefault(app, {})
     if server not in found:
         slots = DEFAULT_SLOTS
