@@ -408,6 +408,31 @@ def varied_class(folder: Path, learners: int, seed: int = 3) -> list[dict[str, A
     return chosen
 
 
+def _grade_varied(
+    args: argparse.Namespace, sandbox: bool, url: str, base: Path, key: Path, scheduler: str
+) -> tuple[float, Any]:
+    """Grade the varied class in ``base`` (here, or on ``scheduler``); (seconds, report)."""
+    start = time.perf_counter()
+    report = grading.grade(
+        base / "class",
+        assign.load_key(key),
+        base / f"out-{'cluster' if scheduler else 'here'}",
+        grading.GradeOptions(
+            workers=args.varied_workers,
+            timeout=180,
+            regrade=True,
+            sandbox=sandbox,
+            progress=False,
+            scheduler=scheduler,
+        ),
+        runtime_url=url,
+        key_path=key,
+        root=PROJECT,
+        say=lambda _: None,
+    )
+    return time.perf_counter() - start, report
+
+
 def varied(args: argparse.Namespace, sandbox: bool, url: str) -> None:
     """A varied class of exercise 3: core-seconds per notebook, and 300 learners projected."""
     if args.varied <= 0:
@@ -423,71 +448,48 @@ def varied(args: argparse.Namespace, sandbox: bool, url: str) -> None:
             f"of chunk size, overlap, k and system prompt",
             flush=True,
         )
-        runs = {}
-        plan = [("here", "")]
-        if args.scheduler:
-            plan.append(("cluster", args.scheduler))
-        for name, scheduler in plan:
-            start = time.perf_counter()
-            report = grading.grade(
-                base / "class",
-                assign.load_key(key),
-                base / f"out-{name}",
-                grading.GradeOptions(
-                    workers=args.varied_workers,
-                    timeout=180,
-                    regrade=True,
-                    sandbox=sandbox,
-                    progress=False,
-                    scheduler=scheduler,
-                ),
-                runtime_url=url,
-                key_path=key,
-                root=PROJECT,
-                say=lambda _: None,
-            )
-            runs[name] = (time.perf_counter() - start, report)
+        wall, report = _grade_varied(args, sandbox, url, base, key, "")
         load_after = os.getloadavg()[0]
-    wall, report = runs["here"]
-    cores = min(args.varied_workers, os.cpu_count() or 1)
-    per_notebook = [r["seconds"] for r in report.results]
-    core_seconds = report.grading_seconds * cores / len(report.results)
-    totals = [r["total"] for r in report.results]
-    print(
-        f"graded here: {report.grading_seconds:.0f} s grading phase ({wall:.0f} s with start-up), "
-        f"{args.varied_workers} workers on {cores} of {os.cpu_count()} cores, load average "
-        f"{load_before:.1f} → {load_after:.1f}"
-    )
-    print(
-        f"scores: mean {statistics.mean(totals):.2f} of {report.exercise.possible:g}, "
-        f"min {min(totals):g}, max {max(totals):g}"
-    )
-    row("measure", "value", "goal", "verdict")
-    row("seconds per notebook in a worker (median)", f"{statistics.median(per_notebook):.1f} s")
-    row("seconds per notebook in a worker (mean)", f"{statistics.mean(per_notebook):.1f} s")
-    row("core-seconds per notebook (phase x cores / n)", f"{core_seconds:.1f} cs")
-    for n in (2, 8, 32):
-        minutes = 300 * core_seconds / n / 60
-        row(
-            f"300 learners on {n} cores (projected)",
-            f"{minutes:.1f} min",
-            "≤ 30 min",
-            "met" if minutes <= 30 else "NOT met",
+        cores = min(args.varied_workers, os.cpu_count() or 1)
+        per_notebook = [r["seconds"] for r in report.results]
+        core_seconds = report.grading_seconds * cores / len(report.results)
+        totals = [r["total"] for r in report.results]
+        print(
+            f"graded here: {report.grading_seconds:.0f} s grading phase ({wall:.0f} s with "
+            f"start-up), {args.varied_workers} workers on {cores} of {os.cpu_count()} cores, "
+            f"load average {load_before:.1f} → {load_after:.1f}"
         )
-    if "cluster" in runs:
-        cluster_wall, cluster = runs["cluster"]
-        same = _scores(cluster) == _scores(report)
-        row("the same class on the cluster (grading phase)", f"{cluster.grading_seconds:.0f} s")
-        row("  … with connecting and its workers' start-up", f"{cluster_wall:.0f} s")
-        row("  same scores as graded here", "yes" if same else "NO")
-    print(
-        "\ncore-seconds: the cores the workers kept busy (the runtime's included) for the "
-        "grading phase, per notebook; on a loaded machine this overstates the cost (the load "
-        "average is printed). The projection divides 300 notebooks' core-seconds by the "
-        "cores: it holds while each machine has its own runtime and a worker per core, which "
-        "is how `labkit grade --scheduler` runs; a shared cache across a class of 300 could "
-        "only lower it."
-    )
+        print(
+            f"scores: mean {statistics.mean(totals):.2f} of {report.exercise.possible:g}, "
+            f"min {min(totals):g}, max {max(totals):g}"
+        )
+        row("measure", "value", "goal", "verdict")
+        row("seconds per notebook in a worker (median)", f"{statistics.median(per_notebook):.1f} s")
+        row("seconds per notebook in a worker (mean)", f"{statistics.mean(per_notebook):.1f} s")
+        row("core-seconds per notebook (phase x cores / n)", f"{core_seconds:.1f} cs")
+        for n in (2, 8, 32):
+            minutes = 300 * core_seconds / n / 60
+            row(
+                f"300 learners on {n} cores (projected)",
+                f"{minutes:.1f} min",
+                "≤ 30 min",
+                "met" if minutes <= 30 else "NOT met",
+            )
+        print(
+            "\ncore-seconds: the cores the workers kept busy (the runtime's included) for the "
+            "grading phase, per notebook; on a loaded machine this overstates the cost (the "
+            "load average is printed). The projection divides 300 notebooks' core-seconds by "
+            "the cores: it holds while each machine has its own runtime and a worker per core, "
+            "which is how `labkit grade --scheduler` runs; a shared cache across a class of "
+            "300 could only lower it.",
+            flush=True,
+        )
+        if args.scheduler:
+            cluster_wall, cluster = _grade_varied(args, sandbox, url, base, key, args.scheduler)
+            same = _scores(cluster) == _scores(report)
+            row("the same class on the cluster (grading phase)", f"{cluster.grading_seconds:.0f} s")
+            row("  … with connecting and its workers' start-up", f"{cluster_wall:.0f} s")
+            row("  same scores as graded here", "yes" if same else "NO")
 
 
 def _scores(report: Any) -> dict[str, Any]:

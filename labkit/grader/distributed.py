@@ -35,7 +35,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -228,10 +228,10 @@ class _Machine:
         from labkit import discovery
         from labkit.grader.cache import ReplyCache
         from labkit.grader.run import (
-            _kill_abandoned_kernels,
-            _Places,
-            _remove_abandoned_runs,
-            _settings,
+            Places,
+            kill_abandoned_kernels,
+            remove_abandoned_runs,
+            worker_settings,
         )
 
         self.job = job
@@ -247,7 +247,7 @@ class _Machine:
             raise GradingError("; ".join(problems))
         url = job.runtime_url or discovery.find_runtime(start=True).url
         SCRATCH_BASE.mkdir(mode=0o711, exist_ok=True)
-        _remove_abandoned_runs()
+        remove_abandoned_runs()
         self.run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=SCRATCH_BASE))
         os.chmod(self.run_dir, 0o711)
         (self.run_dir / "owner.pid").write_text(str(os.getpid()))
@@ -257,13 +257,13 @@ class _Machine:
         self.replies = ReplyCache(url) if job.options.cache else None
         key_path = None if job.master else course.exercise_file
         master_path = course.exercise_file if job.master else None
-        places = _Places(self.inbox, self.run_dir / "results", key_path, master_path, course.root)
+        places = Places(self.inbox, self.run_dir / "results", key_path, master_path, course.root)
         try:
-            self.settings = _settings(
+            self.settings = worker_settings(
                 course.exercise, job.options, url, places, self.run_dir, self.replies
             )
             if job.options.sandbox:
-                _kill_abandoned_kernels()
+                kill_abandoned_kernels()
         except BaseException:
             self._tidy()
             raise
@@ -308,7 +308,7 @@ class _Machine:
 
     def _start(self) -> _Process:
         """Start a grading process on a slot of its own and wait until it is ready."""
-        from labkit.grader.run import STUCK_GRACE, _slot_uids
+        from labkit.grader.run import STUCK_GRACE, slot_uids
         from labkit.grader.sandbox import preflight
         from labkit.grader.users import Slots, grading_user, kill_user_processes
 
@@ -320,7 +320,7 @@ class _Machine:
         popen = None
         try:
             if self.job.options.sandbox:
-                kill_user_processes(_slot_uids(number))
+                kill_user_processes(slot_uids(number))
                 with self.lock:
                     if not self.checked:
                         preflight(self.settings, grading_user(2 * number))
@@ -406,7 +406,7 @@ class _Machine:
 
     def _retire(self, process: _Process, *, polite: bool = True) -> None:
         """Stop ``process`` (politely, then not), kill what its users left, free its slot."""
-        from labkit.grader.run import _slot_uids
+        from labkit.grader.run import slot_uids
         from labkit.grader.users import kill_user_processes
 
         with self.lock:
@@ -426,7 +426,7 @@ class _Machine:
                 process.popen.wait(5)
         process.conn.close()
         if self.job.options.sandbox:
-            kill_user_processes(_slot_uids(process.number))
+            kill_user_processes(slot_uids(process.number))
         process.slots.release()
 
     def close(self) -> None:
@@ -584,6 +584,15 @@ def _check_cluster(client: Any, job: Job, say: Callable[[str], None]) -> None:
     say(f"Grading on {len(reports)} Dask worker(s), notebooks at a time: {hosts}")
 
 
+@dataclass
+class _Attempt:
+    """One notebook to grade, which try this is, and what stopped the tries before."""
+
+    sub: Submission
+    attempt: int = 1
+    earlier: list[str] = field(default_factory=list)
+
+
 class Cluster:
     """A Dask cluster that has been checked for one run: it grades notebooks, then is closed.
 
@@ -617,11 +626,11 @@ class Cluster:
         The grading users' ids and the seconds from the first notebook sent to the last
         result come back, as from the local pool.
         """
-        from labkit.grader.run import ATTEMPTS, _progress, _Task, gave_up, retry_reason
+        from labkit.grader.run import ATTEMPTS, gave_up, progress_bar, retry_reason
 
         client, job, exercise = self.client, self.job, self.exercise
-        queue = deque(_Task(sub) for sub in todo)
-        pending: dict[Any, _Task] = {}
+        queue = deque(_Attempt(sub) for sub in todo)
+        pending: dict[Any, _Attempt] = {}
         flowing = self.distributed.as_completed(loop=client.loop)
         uids: set[int] = set()
         sent = 0
@@ -647,7 +656,7 @@ class Cluster:
                 pending[future] = task
                 flowing.add(future)
 
-        bar = _progress(len(todo), exercise.name, self.options.progress)
+        bar = progress_bar(len(todo), exercise.name, self.options.progress)
         started = time.perf_counter()
         try:
             send()
@@ -662,12 +671,13 @@ class Cluster:
                     finish(task.sub, payload)
                     bar.update(1)
                 elif kind == "result":  # the grader failed on it: once more, in a fresh one
-                    queue.appendleft(_Task(task.sub, task.attempt + 1, [retry_reason(payload)]))
+                    queue.appendleft(_Attempt(task.sub, task.attempt + 1, [retry_reason(payload)]))
                 elif task.attempt < ATTEMPTS:  # its grader died: once more, in a fresh one
-                    queue.appendleft(_Task(task.sub, task.attempt + 1, [*task.earlier, payload]))
+                    queue.appendleft(_Attempt(task.sub, task.attempt + 1, [*task.earlier, payload]))
                 else:
-                    result = gave_up(exercise, task, payload)
-                    result["attempts"], result["retried"] = task.attempt, task.earlier
+                    result = gave_up(exercise, task.sub, task.attempt, payload)
+                    result["attempts"] = task.attempt
+                    result["retried"] = [*task.earlier, payload]
                     finish(task.sub, result)
                     bar.update(1)
                 send()
@@ -710,11 +720,11 @@ def _outcome(future: Any, distributed: Any, address: str) -> tuple[str, Any]:
 
 def _serve(fd: int) -> None:
     """A grading process's life: take its settings and slot, then grade what it is sent."""
-    from labkit.grader.run import _worker_main
+    from labkit.grader.run import worker_main
 
     conn = Connection(fd)
     settings, number = conn.recv()
-    _worker_main(settings, number, conn)
+    worker_main(settings, number, conn)
 
 
 if __name__ == "__main__":

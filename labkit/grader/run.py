@@ -48,7 +48,26 @@ from labkit.grader.users import (
     kill_user_processes,
 )
 
-__all__ = ["GradeReport", "find_key", "find_submissions", "grade", "to_grade"]
+__all__ = [
+    "ATTEMPTS",
+    "START_FAILURES",
+    "STUCK_GRACE",
+    "GradeReport",
+    "Places",
+    "death_note",
+    "find_key",
+    "find_submissions",
+    "gave_up",
+    "grade",
+    "kill_abandoned_kernels",
+    "progress_bar",
+    "remove_abandoned_runs",
+    "retry_reason",
+    "slot_uids",
+    "to_grade",
+    "worker_main",
+    "worker_settings",
+]
 
 
 @dataclass
@@ -220,7 +239,7 @@ def grade(
     key_hash = hashlib.sha256(json_bytes(exercise.to_key())).hexdigest()
     previous = previous_results(out, key_hash)
     todo = to_grade(found, previous, regrade=options.regrade)
-    places = _Places(submissions, out, key_path, master_path, root)
+    places = Places(submissions, out, key_path, master_path, root)
     cluster = None
     if options.scheduler and todo:  # Dask is imported only for a run that asks for it
         from labkit.grader.distributed import Cluster
@@ -245,7 +264,7 @@ def _grade_and_write(
     out: Path,
     options: GradeOptions,
     runtime_url: str,
-    places: _Places,
+    places: Places,
     cluster: Any,
     say: Callable[[str], None],
 ) -> GradeReport:
@@ -385,7 +404,7 @@ def to_grade(
     return [s for s in found if regrade or stale(s)]
 
 
-def _remove_abandoned_runs() -> None:
+def remove_abandoned_runs() -> None:
     """Delete scratch folders left by grading runs that were killed (their owner is gone)."""
     for run_dir in SCRATCH_BASE.glob("run-*"):
         try:
@@ -399,7 +418,7 @@ def _remove_abandoned_runs() -> None:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def _kill_abandoned_kernels() -> None:
+def kill_abandoned_kernels() -> None:
     """Kill what runs as the users of slots no run holds: kernels of a run that was killed."""
     free: list[int] = []
     for number in range(MAX_SLOTS):
@@ -411,12 +430,12 @@ def _kill_abandoned_kernels() -> None:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 continue  # a live run holds it: its processes are its own
-            free += _slot_uids(number)
+            free += slot_uids(number)
     if free:
         kill_user_processes(free)
 
 
-def _slot_uids(number: int) -> list[int]:
+def slot_uids(number: int) -> list[int]:
     """The uids of a slot's users (its kernels' two and its tester) that exist."""
     names = [f"{USER_PREFIX}{2 * number}", f"{USER_PREFIX}{2 * number + 1}"]
     uids = []
@@ -427,7 +446,7 @@ def _slot_uids(number: int) -> list[int]:
 
 
 @dataclass(frozen=True)
-class _Places:
+class Places:
     """Where a run's files are: kernels see none of them, and read the exercise's data files."""
 
     submissions: Path
@@ -442,13 +461,13 @@ def _grade_all(
     exercise: Exercise,
     options: GradeOptions,
     runtime_url: str,
-    places: _Places,
+    places: Places,
     finish: Callable[[Submission, dict[str, Any]], None],
 ) -> tuple[list[int], float]:
     """Grade ``todo`` in worker processes, handing each result to ``finish`` as it comes."""
     workers = min(options.workers, len(todo))
     SCRATCH_BASE.mkdir(mode=0o711, exist_ok=True)
-    _remove_abandoned_runs()
+    remove_abandoned_runs()
     run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=SCRATCH_BASE))
     os.chmod(run_dir, 0o711)
     (run_dir / "owner.pid").write_text(str(os.getpid()))
@@ -456,14 +475,14 @@ def _grade_all(
     uids: list[int] = []
     replies = ReplyCache(runtime_url) if options.cache else None
     try:
-        settings = _settings(exercise, options, runtime_url, places, run_dir, replies)
+        settings = worker_settings(exercise, options, runtime_url, places, run_dir, replies)
         if slots is not None:
-            _kill_abandoned_kernels()
+            kill_abandoned_kernels()
             users = [grading_user(2 * n + k) for n in slots.numbers for k in (0, 1)]
             uids = [u for u, _, _ in users]
             preflight(settings, users[0])
         numbers = slots.numbers if slots else list(range(workers))
-        bar = _progress(len(todo), exercise.name, options.progress)
+        bar = progress_bar(len(todo), exercise.name, options.progress)
         started = time.perf_counter()
 
         def done(sub: Submission, result: dict[str, Any]) -> None:
@@ -477,16 +496,16 @@ def _grade_all(
         if replies is not None:
             replies.stop()
         if slots is not None:
-            kill_user_processes(u for n in slots.numbers for u in _slot_uids(n))
+            kill_user_processes(u for n in slots.numbers for u in slot_uids(n))
             slots.release()
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def _settings(
+def worker_settings(
     exercise: Exercise,
     options: GradeOptions,
     runtime_url: str,
-    places: _Places,
+    places: Places,
     run_dir: Path,
     replies: ReplyCache | None,
 ) -> Settings:
@@ -529,7 +548,7 @@ class _Slot:
         return self.number
 
 
-def _worker_main(settings: Settings, number: int, conn: Any) -> None:
+def worker_main(settings: Settings, number: int, conn: Any) -> None:
     """A grading worker's life: start, then grade each notebook it is sent until told to stop."""
     _die_with_parent()
     try:
@@ -613,10 +632,10 @@ class _Pool:
     def start(self, number: int, reserved: _Task | None = None) -> None:
         """A new worker on slot ``number``, with nothing of the slot's users left running."""
         if self.settings.options.sandbox:
-            kill_user_processes(_slot_uids(number))
+            kill_user_processes(slot_uids(number))
         ours, theirs = self.context.Pipe()
         process = self.context.Process(
-            target=_worker_main, args=(self.settings, number, theirs), daemon=True
+            target=worker_main, args=(self.settings, number, theirs), daemon=True
         )
         process.start()
         theirs.close()
@@ -718,7 +737,9 @@ class _Pool:
             if task.attempt < ATTEMPTS:
                 retry = _Task(task.sub, task.attempt + 1, [*task.earlier, what])
             else:
-                self.finish(task, gave_up(self.settings.exercise, task, what))
+                result = gave_up(self.settings.exercise, task.sub, task.attempt, what)
+                task.earlier.append(what)
+                self.finish(task, result)
         if retry is not None or self.queue:
             self.start(member.number, retry)
 
@@ -733,7 +754,7 @@ class _Pool:
             member.process.join(5)
         member.conn.close()
         if self.settings.options.sandbox:
-            kill_user_processes(_slot_uids(member.number))
+            kill_user_processes(slot_uids(member.number))
 
     def stop(self) -> None:
         """Stop every worker: those that are idle stop at once, busy ones are killed."""
@@ -750,13 +771,10 @@ def death_note(code: int | None, stuck: float = 0.0) -> str:
     return f"The grading worker stopped (exit code {code}) while grading this notebook."
 
 
-def gave_up(exercise: Exercise, task: _Task, what: str) -> dict[str, Any]:
+def gave_up(exercise: Exercise, sub: Submission, attempts: int, what: str) -> dict[str, Any]:
     """The result of a notebook whose last attempt ended with ``what``: no points, try again."""
-    result = empty_result(exercise, task.sub, ["grader-error"])
-    result["notes"].append(
-        f"{what} It was tried {task.attempt} times; grade again to try once more."
-    )
-    task.earlier.append(what)
+    result = empty_result(exercise, sub, ["grader-error"])
+    result["notes"].append(f"{what} It was tried {attempts} times; grade again to try once more.")
     return result
 
 
@@ -790,7 +808,7 @@ class _NoBar:
         """Nothing to close."""
 
 
-def _progress(total: int, name: str, show: bool) -> Any:
+def progress_bar(total: int, name: str, show: bool) -> Any:
     if not show:
         return _NoBar()
     from tqdm import tqdm
