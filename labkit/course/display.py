@@ -48,27 +48,34 @@ _SAFE_URL = re.compile(r"^(https?://|/|#|[\w.-]+(/|#|$))", re.IGNORECASE)
 _LINK_STYLE = "color:#1a5fb4;text-decoration:underline"
 
 
-def _inline(text: str) -> str:
-    """One line of Markdown as HTML: `code`, **bold**, *italic* and links; all else escaped."""
+def _spans(text: str) -> str:
+    """Text with `code`, **bold** and *italic* as HTML; everything else escaped."""
     out = []
     for n, part in enumerate(re.split(r"(`[^`\n]+`)", text)):
         if n % 2:
             out.append(f"<code>{html.escape(part[1:-1])}</code>")
             continue
-        piece = html.escape(part, quote=False)
-
-        def link(match: re.Match[str]) -> str:
-            label, url = match.group(1), html.unescape(match.group(2))
-            if not _SAFE_URL.match(url) or url.lower().startswith(("javascript", "data")):
-                return match.group(0)  # shown as written, never made clickable
-            return (
-                f'<a href="{html.escape(url)}" target="_blank" rel="noopener" '
-                f'style="{_LINK_STYLE}">{label}</a>'
-            )
-
-        piece = _LINK.sub(link, piece)
-        piece = _BOLD.sub(r"<b>\1</b>", piece)
+        piece = _BOLD.sub(r"<b>\1</b>", html.escape(part, quote=False))
         out.append(_ITALIC.sub(r"<i>\1</i>", piece))
+    return "".join(out)
+
+
+def _inline(text: str) -> str:
+    """One line of Markdown as HTML: links (whose text may hold `code`), then the other marks."""
+    out = []
+    at = 0
+    for match in _LINK.finditer(text):
+        out.append(_spans(text[at : match.start()]))
+        label, url = match.group(1), match.group(2)
+        if _SAFE_URL.match(url) and not url.lower().startswith(("javascript", "data")):
+            out.append(
+                f'<a href="{html.escape(url)}" target="_blank" rel="noopener" '
+                f'style="{_LINK_STYLE}">{_spans(label)}</a>'
+            )
+        else:
+            out.append(html.escape(match.group(0)))  # shown as written, never made clickable
+        at = match.end()
+    out.append(_spans(text[at:]))
     return "".join(out)
 
 

@@ -232,6 +232,9 @@ def test_markdown_replies_render_code_blocks_and_never_raw_html() -> None:
     assert '<a href="03-rag.ipynb#X"' in shown and "<ul" in shown
     assert "javascript:alert" not in re.findall(r'href="([^"]*)"', shown)[-1]
     assert "<img" not in shown and "&lt;img" in shown
+    # A section's name may hold code: its link stays one link.
+    label = markdown_html("[01.ipynb > `POST /api/chat`](01.ipynb#A-conversation)")
+    assert label.count("<a ") == 1 and "<code>POST /api/chat</code></a>" in label
 
 
 def test_the_grounded_coach_shows_its_passages_and_keeps_the_old_call(
