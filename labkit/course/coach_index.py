@@ -407,28 +407,53 @@ class CourseIndex:
         return [(s, float(v)) for s, v in zip(pieces, scores, strict=True)]
 
 
+def _servers() -> list[dict[str, str]]:
+    """The Jupyter servers running on this machine: their root folder and base URL."""
+    try:
+        # jupyter_client (declared) hands on jupyter_core's runtime folder: the servers list there.
+        from jupyter_client.connect import jupyter_runtime_dir  # type: ignore[attr-defined]
+
+        files = sorted(Path(jupyter_runtime_dir()).glob("jpserver-*.json"))
+    except (ImportError, OSError):
+        return []
+    found = []
+    for file in files:
+        try:
+            info = json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(info, dict) and isinstance(info.get("root_dir"), str):
+            found.append({"root_dir": info["root_dir"], "base_url": str(info.get("base_url", "/"))})
+    return found
+
+
 def lab_link(notebook: str, heading: str, *, folder: Path | None = None) -> str:
     """A link that opens ``notebook`` at ``heading`` in JupyterLab, from the running notebook.
 
-    Jupyter starts a kernel in its notebook's folder and names the notebook, relative to the
-    server's root, in ``$JPY_SESSION_NAME``: from both, the lesson's ``/lab/tree/...`` address
-    follows. Outside Jupyter it is the lesson's path relative to the current folder.
+    Jupyter names the running notebook in ``$JPY_SESSION_NAME`` (its full path, or one relative
+    to the server's root), and lists its servers' root folders and base URLs in its runtime
+    folder: from both, the lesson's ``<base>/lab/tree/<path>`` address follows. Outside Jupyter
+    it is the lesson's path relative to the current folder.
     """
     root = course_folder() if folder is None else folder
-    target = root / "notebooks" / notebook
+    target = (root / "notebooks" / notebook).resolve()
     fragment = quote(anchor(heading), safe="-.:?!,'&/")
     session = os.environ.get("JPY_SESSION_NAME", "")
     cwd = Path.cwd()
-    if session and not os.path.isabs(session):
-        depth = len(Path(session).parts) - 1  # folders between the server's root and here
-        server_root = cwd.parents[depth - 1] if depth > 0 else cwd
-        try:
-            inside = target.resolve().relative_to(server_root.resolve())
-        except ValueError:
-            inside = None
-        if inside is not None:
-            prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/").rstrip("/")
-            return f"{prefix}/lab/tree/{quote(inside.as_posix())}#{fragment}"
+    if session:
+        servers = _servers()
+        if not os.path.isabs(session):  # older servers: relative to the root, as is the cwd
+            depth = len(Path(session).parts) - 1
+            here = cwd.parents[depth - 1] if depth > 0 else cwd
+            servers.append({"root_dir": str(here), "base_url": "/"})
+        prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX")
+        for server in servers:
+            try:
+                inside = target.relative_to(Path(server["root_dir"]).resolve())
+            except ValueError:
+                continue
+            base = (prefix or server["base_url"]).rstrip("/")
+            return f"{base}/lab/tree/{quote(inside.as_posix())}#{fragment}"
     return f"{quote(os.path.relpath(target, cwd))}#{fragment}"
 
 

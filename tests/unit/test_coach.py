@@ -141,17 +141,28 @@ def test_quotable_sentences_leave_out_code_and_tables() -> None:
     ]
 
 
-def test_links_open_the_lesson_section_in_jupyterlab(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_links_open_the_lesson_section_in_jupyterlab(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     assert (
         anchor("Which models are there? `GET /api/tags`") == "Which-models-are-there?-GET-/api/tags"
     )
     monkeypatch.chdir(ROOT / "notebooks")
-    monkeypatch.setenv("JPY_SESSION_NAME", "notebooks/01-local-model-apis.ipynb")
     monkeypatch.delenv("JUPYTERHUB_SERVICE_PREFIX", raising=False)
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path))
+    # What jupyter_server sets: the notebook's full path; its root and base URL in a file.
+    monkeypatch.setenv("JPY_SESSION_NAME", str(ROOT / "notebooks" / "01-local-model-apis.ipynb"))
+    server = {"root_dir": str(ROOT), "base_url": "/user/ana/"}
+    (tmp_path / "jpserver-1.json").write_text(json.dumps(server))
+    assert lab_link("03-rag.ipynb", "The tuning knobs") == (
+        "/user/ana/lab/tree/notebooks/03-rag.ipynb#The-tuning-knobs"
+    )
+    (tmp_path / "jpserver-1.json").unlink()  # older servers: a path relative to the root
+    monkeypatch.setenv("JPY_SESSION_NAME", "notebooks/01-local-model-apis.ipynb")
     assert lab_link("03-rag.ipynb", "The tuning knobs") == (
         "/lab/tree/notebooks/03-rag.ipynb#The-tuning-knobs"
     )
-    monkeypatch.delenv("JPY_SESSION_NAME")
+    monkeypatch.delenv("JPY_SESSION_NAME")  # not in Jupyter: relative to the current folder
     assert lab_link("03-rag.ipynb", "The tuning knobs") == "03-rag.ipynb#The-tuning-knobs"
 
 
