@@ -76,7 +76,6 @@ class Assistant(Displayed):
         grounded: bool = True,
         mode: str = "auto",
         course: CourseIndex | None = None,
-        seed_default: int = 42,
     ) -> None:
         if module not in MODULES:
             raise InvalidInput(f"module must be one of {sorted(MODULES)}, not {module!r}.")
@@ -88,7 +87,8 @@ class Assistant(Displayed):
 
         choose_mode(mode, None)  # an unknown mode is refused now, not at the first message
         self.grounded, self.mode, self.course = grounded, mode, course
-        self.grounded_seed = seed if seed is not None else seed_default
+        # Grounded replies are repeatable even without a seed: the same message, the same quotes.
+        self.grounded_seed = seed if seed is not None else 42
         self.last_grounded: Grounded | None = None
         self.timeout = timeout  # seconds for a whole reply, so a send never hangs the kernel
         summariser: Summariser | None = summarise if callable(summarise) else None
