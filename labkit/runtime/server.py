@@ -68,6 +68,24 @@ def start_llama(model: Path, alias: str, *, embedding: bool, threads: int, api_k
         # Four slots share the context: 2048 tokens each, enough for the course's prompts.
         params.n_ctx = 8192
         params.n_parallel = 4
+        # A seeded temperature-0 request gets the same reply whatever else runs. On the CPU,
+        # llama.cpp's flash attention adds a token's attention up in an order that depends on
+        # the batch around it (a lone sequence past 512 tokens is split across threads, a
+        # prompt chunk is tiled), and a prompt taken partly from the cache, from another
+        # request's slot or from RAM, gives other last bits than one computed whole; either
+        # changed replies. Without both, each token's sums run in one fixed order, for a few
+        # percent of throughput with fresh prompts (bench/determinism.py); repeated prompts
+        # are read again each time. LABKIT_DETERMINISTIC=0 keeps llama.cpp's own choices.
+        choice = os.environ.get("LABKIT_DETERMINISTIC", "1").strip()
+        if choice not in ("0", "1"):
+            raise RuntimeStartError(
+                f"LABKIT_DETERMINISTIC={choice!r} is not a setting: use 1 (the default, "
+                "replies that repeat) or 0 (llama.cpp's flash attention and prompt cache)"
+            )
+        if choice == "1":
+            params.flash_attn_type = xllamacpp.llama_flash_attn_type.LLAMA_FLASH_ATTN_TYPE_DISABLED
+            params.cache_prompt = False  # the default of every request; /v1 cannot override it
+            params.cache_ram_mib = 0  # nothing to keep: no prompt is reused
     return xllamacpp.Server(params)
 
 
