@@ -554,8 +554,9 @@ def test_a_small_window_keeps_the_best_passages_only(index: Index, client: Clien
     # batching with other requests can move a cosine in its 7th digit.
     passages = [(h.chunk.id, h.rank) for h in full.passages]
     kept = [(h.chunk.id, h.rank) for h in small.passages]
-    assert 1 <= len(kept) < 3 and kept == passages[: len(kept)]
-    assert [(h.chunk.id, h.rank) for h in small.dropped] == passages[len(kept) :]
+    # Best first; a passage too large for what is left is dropped, a smaller later one may fit.
+    assert 1 <= len(kept) < 3 and kept == [p for p in passages if p in kept]
+    assert [(h.chunk.id, h.rank) for h in small.dropped] == [p for p in passages if p not in kept]
     with pytest.raises(InvalidInput, match="no room"):
         answer(question, index, client, max_tokens=40, gate=rag.ScoreGate(0), context=60)
 
