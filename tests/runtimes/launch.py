@@ -78,26 +78,47 @@ async def _serve_app(app: Any, stop: asyncio.Event) -> str:
 _HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host", "upgrade"}
 
 
+# A replayed answer arrives at this fraction of the pace it was computed at: a lesson that
+# compares timings (a stream's first piece before a whole reply) still sees them in order,
+# and the machine's cores go to work that is not done yet.
+REPLAY_PACE = 0.25
+
+
 async def caching_front(upstream: str, stop: asyncio.Event) -> str:
     """``upstream`` behind a cache of its replies: a repeatable request is computed once.
 
     Both kinds of runtime use the same two llama.cpp servers, and each runs the same notebooks:
     the second kind gets the first one's answers (byte for byte what the server sent, renamed
-    to the model it asked for). Only what is repeatable is kept: embeddings, and generations
-    at temperature 0 or with a seed. Everything else, and every failure, passes through.
+    to the model it asked for, piece by piece at a quarter of the pace it came). Only what is
+    repeatable is kept: embeddings, and generations at temperature 0 or with a seed.
+    Everything else, and every failure, passes through.
     """
     from aiohttp import web
 
     session = _session()
-    cache: dict[str, tuple[int, str, bytes]] = {}
+    cache: dict[str, tuple[int, str, list[tuple[float, bytes]]]] = {}
+
+    async def replay(request: web.Request, key: str, asked: Any) -> web.StreamResponse:
+        status, kind, pieces = cache[key]
+        if kind != "text/event-stream":  # one JSON document: renamed whole, sent at its end
+            pieces = [(pieces[-1][0], b"".join(piece for _, piece in pieces))] if pieces else []
+        reply = web.StreamResponse(status=status)
+        reply.content_type = kind
+        await reply.prepare(request)
+        started = loop.time()
+        for offset, piece in pieces:
+            await asyncio.sleep(max(0.0, started + offset * REPLAY_PACE - loop.time()))
+            await reply.write(_named(piece, asked))
+        await reply.write_eof()
+        return reply
 
     async def forward(request: web.Request) -> web.StreamResponse:
         body = await request.read()
         asked, key = _cache_key(request.method, request.path_qs, body)
         if key in cache:
-            status, kind, data = cache[key]
-            return web.Response(status=status, body=_named(data, asked), content_type=kind)
+            return await replay(request, key, asked)
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
+        started = loop.time()
         async with session.request(
             request.method, upstream + request.path_qs, data=body, headers=headers
         ) as answer:
@@ -109,13 +130,14 @@ async def caching_front(upstream: str, stop: asyncio.Event) -> str:
             pieces = []
             # Streamed on as it comes: a streaming test still sees its pieces one by one.
             async for piece in answer.content.iter_any():
-                pieces.append(piece)
+                pieces.append((loop.time() - started, piece))
                 await reply.write(piece)
             await reply.write_eof()
             if key and answer.status == 200:
-                cache[key] = (answer.status, answer.content_type, b"".join(pieces))
+                cache[key] = (answer.status, answer.content_type, pieces)
             return reply
 
+    loop = asyncio.get_running_loop()
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app.router.add_route("*", "/{tail:.*}", forward)
     app.on_cleanup.append(lambda _: session.close())
@@ -142,6 +164,15 @@ def _cache_key(method: str, path: str, body: bytes) -> tuple[Any, str]:
     asked = data.pop("model", None)
     text = path + "\n" + json.dumps(data, sort_keys=True)
     return asked, hashlib.sha256(text.encode()).hexdigest()
+
+
+def _model_of(body: bytes) -> Any:
+    """The model a JSON request body names, or None."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    return data.get("model") if isinstance(data, dict) else None
 
 
 def _named(data: bytes, model: Any) -> bytes:
@@ -181,6 +212,16 @@ async def router(chat_url: str, embed_url: str, stop: asyncio.Event) -> str:
     async def forward(request: web.Request) -> web.StreamResponse:
         target = embed_url if request.path == "/v1/embeddings" else chat_url
         body = await request.read()
+        asked = _model_of(body)
+        if asked is not None and asked not in (LMSTUDIO_CHAT, LMSTUDIO_EMBED):
+            # llama.cpp would answer with its one model whatever the name; LM Studio refuses
+            # a model it does not have, in OpenAI's error shape.
+            error = {
+                "message": f'Model "{asked}" not found. Use an id listed by GET /v1/models.',
+                "type": "invalid_request_error",
+                "code": "model_not_found",
+            }
+            return web.json_response({"error": error}, status=404)
         async with session.request(
             request.method,
             target + request.path_qs,
