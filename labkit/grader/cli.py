@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +150,11 @@ def cli(args: Any) -> int:
         url = args.runtime or discovery.find_runtime(start=True).url
         for gap in box_gaps(sandbox=options.sandbox):  # never a weaker box in silence
             print(f"Not enforced here: {gap}")
+    cluster: Callable[..., Any] | None = None
+    if options.scheduler:  # Dask is imported only for a run that asks for it
+        from labkit.grader.distributed import Cluster
+
+        cluster = Cluster
     report = grade(
         submissions,
         exercise,
@@ -158,6 +164,7 @@ def cli(args: Any) -> int:
         key_path=key_path,
         master_path=master_path,
         root=root,
+        cluster=cluster,
     )
     totals = [r["total"] for r in report.results]
     print(

@@ -207,12 +207,14 @@ def grade(
     master_path: Path | None = None,
     root: Path | None = None,
     say: Callable[[str], None] = print,
+    cluster: Callable[..., Any] | None = None,
 ) -> GradeReport:
     """Grade every notebook in ``submissions`` and write the results into ``out``.
 
     ``options`` are how (``GradeOptions()``, ``labkit grade``'s defaults, when None);
     ``key_path`` or ``master_path`` is where the exercise came from, and ``root`` the course
-    folder (default: here). Each result is written as soon as it is known, so a run that is
+    folder (default: here). With ``options.scheduler``, ``cluster`` is what connects to it
+    (``labkit.grader.distributed.Cluster``: passed in, as that module builds on this one). Each result is written as soon as it is known, so a run that is
     stopped keeps what it graded, and the next run grades only what is missing, changed, or
     failed in the grader.
     """
@@ -240,20 +242,23 @@ def grade(
     previous = previous_results(out, key_hash)
     todo = to_grade(found, previous, regrade=options.regrade)
     places = Places(submissions, out, key_path, master_path, root)
-    cluster = None
-    if options.scheduler and todo:  # Dask is imported only for a run that asks for it
-        from labkit.grader.distributed import Cluster
-
+    connected = None
+    if options.scheduler and todo:
+        if cluster is None:
+            raise GradingError(
+                "Grading on a scheduler needs its connector: pass "
+                "cluster=labkit.grader.distributed.Cluster (labkit grade --scheduler does)."
+            )
         # Its workers are checked before anything is written: a cluster that cannot
         # grade this class leaves no results folder behind.
-        cluster = Cluster(exercise, options, runtime_url, places, say)
+        connected = cluster(exercise, options, runtime_url, places, say)
     try:
         return _grade_and_write(
-            entries, todo, previous, exercise, out, options, runtime_url, places, cluster, say
+            entries, todo, previous, exercise, out, options, runtime_url, places, connected, say
         )
     finally:
-        if cluster is not None:
-            cluster.close()
+        if connected is not None:
+            connected.close()
 
 
 def _grade_and_write(

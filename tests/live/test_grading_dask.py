@@ -114,6 +114,7 @@ def _grade(
         key_path=course["root"] / "grading/hidden/toy.json",
         root=course["root"],
         say=lambda _: None,
+        cluster=distributed.Cluster if scheduler else None,
     )
 
 
