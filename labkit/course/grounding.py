@@ -304,7 +304,7 @@ def quote_reply(
         shown_worked = passage
         parts.append(
             f"**A worked answer from the design guide** — {_cite(passage, link)}:\n\n"
-            f"> *You:* {asked}\n>\n> *Coach:* {answered}"
+            f"> *Question:* {asked}\n>\n> *Answer:* {answered}"
         )
     more = [p for p in passages if p not in cited and p.kind == "lesson"]
     seen_labels = {p.label for p in cited}

@@ -79,7 +79,7 @@ def test_the_coach_quotes_the_right_section_and_invents_nothing(
     quoted = "\n".join(
         line
         for line in reply.splitlines()
-        if line.startswith("> ") and "*You:*" not in line and "*Coach:*" not in line
+        if line.startswith("> ") and "*Question:*" not in line and "*Answer:*" not in line
     )
     assert quoted and unsupported(quoted, sources) == []  # the quotes themselves, checked again
     cited = [p.section for p in found.cited]

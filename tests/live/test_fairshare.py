@@ -11,6 +11,7 @@ taken, which the last step checks.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 from typing import Any
 
 import aiohttp
@@ -71,7 +72,9 @@ async def _scenario(url: str) -> tuple[int, list[str]]:
 def test_a_light_learner_is_served_before_a_heavy_learners_queue(
     embedded: runtime.RuntimeRecord,
 ) -> None:
-    heavy_before, after = asyncio.run(_scenario(embedded.url))
+    # A thread of its own: a browser test on this worker may leave an event loop running here.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        heavy_before, after = pool.submit(asyncio.run, _scenario(embedded.url)).result()
     assert heavy_before < 5, f"{heavy_before} of the heavy learner's answers ended first"
     assert after == [f"after-{n}" for n in range(4)]
 
