@@ -195,30 +195,11 @@ class Assistant(Displayed):
         try:
             client = self._need_client()
             messages = self.conversation.messages()
-            stream = client.stream(
-                messages,
-                max_tokens=self.max_tokens,
-                temperature=self.temperature,
-                seed=self.seed,
-                options={"repeat_penalty": 1.15},  # keeps the tiny model from looping
-                timeout=Timeout(connect=5.0, read=self.timeout),
+            # repeat_penalty keeps the tiny model from looping in a free conversation.
+            self._stream_into_live(
+                client, messages, pieces, seed=self.seed, options={"repeat_penalty": 1.15}
             )
-            deadline = time.monotonic() + self.timeout
-            finished = True
-            try:
-                for piece in stream:
-                    pieces.append(piece)
-                    # Each assignment sends the new value to the browser at once, even while
-                    # this cell (or button callback) is still running: the reply grows live.
-                    self.live.value = self._bubble("Coach", "".join(pieces))
-                    for observer in self.observers:
-                        observer(piece)
-                    if time.monotonic() > deadline:
-                        finished = False
-                        break
-            finally:
-                stream.close()  # closing the connection makes the runtime stop generating
-            self.last_reply = stream.reply if finished else None
+            finished = self.last_reply is not None
         except LabkitError as exc:
             return self._failed(exc, "".join(pieces))
         reply = "".join(pieces).strip()
@@ -290,7 +271,7 @@ class Assistant(Displayed):
             else:
                 passages = course.search(query, self.number)
                 messages = grounding.generate_messages(text, passages, self.module.system)
-                written = self._stream_into_live(client, messages, pieces)
+                written = self._stream_into_live(client, messages, pieces, seed=self.grounded_seed)
                 result = grounding.generate_reply(written, passages, self._link, self.last_reply)
         except LabkitError as exc:
             return self._failed(exc, "")
@@ -305,14 +286,24 @@ class Assistant(Displayed):
         return reply
 
     def _stream_into_live(
-        self, client: Client, messages: list[dict[str, str]], pieces: list[str]
+        self,
+        client: Client,
+        messages: list[dict[str, str]],
+        pieces: list[str],
+        *,
+        seed: int | None,
+        options: dict[str, Any] | None = None,
     ) -> str:
-        """Stream a generated reply into the live area; the text written (cut at the timeout)."""
+        """Stream a reply into the live area; the text written (cut at the timeout).
+
+        ``last_reply`` is the finished reply, or None when the timeout cut it short.
+        """
         stream = client.stream(
             messages,
             max_tokens=self.max_tokens,
             temperature=self.temperature,
-            seed=self.grounded_seed,
+            seed=seed,
+            options=options,
             timeout=Timeout(connect=5.0, read=self.timeout),
         )
         deadline = time.monotonic() + self.timeout
@@ -320,6 +311,8 @@ class Assistant(Displayed):
         try:
             for piece in stream:
                 pieces.append(piece)
+                # Each assignment sends the new value to the browser at once, even while
+                # this cell (or button callback) is still running: the reply grows live.
                 self.live.value = self._bubble("Coach", "".join(pieces))
                 for observer in self.observers:
                     observer(piece)
@@ -327,7 +320,7 @@ class Assistant(Displayed):
                     finished = False
                     break
         finally:
-            stream.close()
+            stream.close()  # closing the connection makes the runtime stop generating
         self.last_reply = stream.reply if finished else None
         return "".join(pieces)
 
