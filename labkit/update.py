@@ -42,6 +42,7 @@ __all__ = [
     "cli",
     "course_files",
     "find_course",
+    "git_commit",
     "manifest_for",
     "plan",
     "read_manifest",
@@ -286,19 +287,25 @@ def _beside(folder: Path, rel: str, stamp: str, new: Path) -> str | None:
     raise CourseUpdateError(f"Too many updated copies of {rel}; tidy them up and try again.")
 
 
-def _version(source: Path) -> str:
-    """The new version's name: its git commit, or what its manifest says."""
+def git_commit(folder: Path) -> str:
+    """The short commit of the git checkout ``folder`` is in ("" outside one)."""
     try:
         done = subprocess.run(
-            ["git", "-C", str(source), "rev-parse", "--short", "HEAD"],
+            ["git", "-C", str(folder), "rev-parse", "--short", "HEAD"],
             capture_output=True,
             text=True,
             timeout=30,
         )
-        if done.returncode == 0 and (source / ".git").exists():
-            return done.stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        pass
+        return ""
+    return done.stdout.strip() if done.returncode == 0 else ""
+
+
+def _version(source: Path) -> str:
+    """The new version's name: its git commit, or what its manifest says."""
+    # Only a checkout of its own: a plain folder inside some other checkout is not that commit.
+    if (source / ".git").exists() and (commit := git_commit(source)):
+        return commit
     recorded = read_manifest(source)
     return str(recorded.get("version", "")) if recorded else ""
 

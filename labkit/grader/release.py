@@ -66,7 +66,9 @@ def release(root: Path, target: Path, generated: list[Generated]) -> list[Path]:
         files = sorted({*files, *_hand_out(root, staging)})
         for rel in (Path("README.md"), Path("lab")):
             _refuse_secrets(staging / rel, rel, secrets)
-        update.write_manifest(staging, update.manifest_for(staging), version=_version(root))
+        update.write_manifest(
+            staging, update.manifest_for(staging), version=update.git_commit(root)
+        )
         if target.exists():
             target.rmdir()
         os.replace(staging, target)  # all or nothing: no half-released course
@@ -85,20 +87,6 @@ def _hand_out(root: Path, staging: Path) -> list[Path]:
     lab.write_text(LEARNER_LAB, encoding="utf-8")
     lab.chmod(0o755)
     return [Path("README.md"), Path("lab")]
-
-
-def _version(root: Path) -> str:
-    """The course's git commit, to name the release by (empty outside a checkout)."""
-    try:
-        done = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return ""
-    return done.stdout.strip() if done.returncode == 0 else ""
 
 
 def _course_files(root: Path) -> list[Path]:

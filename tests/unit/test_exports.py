@@ -191,6 +191,7 @@ EXPORTS: dict[str, set[str]] = {
         "cli",
         "course_files",
         "find_course",
+        "git_commit",
         "manifest_for",
         "plan",
         "read_manifest",
