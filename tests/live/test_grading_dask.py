@@ -27,6 +27,7 @@ from typing import Any
 import nbformat
 import pytest
 from needs import needs_root
+from test_grading_survival import _processes
 
 from labkit import discovery
 from labkit.errors import GradingError
@@ -132,20 +133,6 @@ def _files(out: Path) -> dict[str, bytes]:
         for field in MACHINE_FIELDS:
             result.pop(field, None)
     found[report.STATE] = json.dumps(state, sort_keys=True).encode()
-    return found
-
-
-def _processes() -> dict[int, tuple[int, str]]:
-    """Every process: its parent and command line."""
-    found = {}
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                stat = Path(entry.path, "stat").read_text()
-                cmdline = Path(entry.path, "cmdline").read_bytes().replace(b"\0", b" ")
-            except OSError:
-                continue
-            found[int(entry.name)] = (int(stat.rsplit(")", 1)[1].split()[1]), cmdline.decode())
     return found
 
 
