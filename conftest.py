@@ -265,12 +265,60 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 # --- time per group -------------------------------------------------------------------------
 
 
+def _cpu_seconds(pid: int) -> float | None:
+    """CPU time (user + system) a process has used so far, from /proc (None elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _machine_cpu() -> float | None:
+    """CPU seconds every core of the machine has spent busy since boot (None off Linux)."""
+    try:
+        ticks = [int(n) for n in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = ticks[3] + ticks[4]  # idle and waiting for I/O
+    return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 class _Times:
     """Wall time per group: from its first test's start to its last test's end."""
 
     def __init__(self) -> None:
         self.start = time.time()
         self.spans: dict[str, list[float]] = {}  # group -> [first start, last stop, work, count]
+        # Where the cores went: the local runtimes' inference is most of a run's work.
+        self.machine_start = _machine_cpu()
+        self.runtime_start: tuple[int, float | None] | None = None
+
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        record = runtime.read_record()
+        if record is not None:
+            self.runtime_start = (record.pid, _cpu_seconds(record.pid))
+
+    def cpu_line(self) -> str | None:
+        """One line: how busy the cores were, and how much of it the local runtimes took."""
+        machine, wall = _machine_cpu(), time.time() - self.start
+        if machine is None or self.machine_start is None:
+            return None
+        used = machine - self.machine_start
+        cores = os.cpu_count() or 1
+        parts = [f"cores busy {used / (cores * wall):.0%} ({used:.0f} CPU-s on {cores} cores)"]
+        if self.runtime_start is not None:
+            pid, before = self.runtime_start
+            now = _cpu_seconds(pid)
+            if now is not None and before is not None:
+                parts.append(f"the kit's runtime {now - before:.0f} CPU-s")
+        shared = os.environ.get(SHARED_ENV)
+        pid_file = Path(shared) / "matrix.pid" if shared else None
+        if pid_file is not None and pid_file.exists():
+            pair = _cpu_seconds(int(pid_file.read_text()))
+            if pair is not None:
+                parts.append(f"the runtime matrix's llama.cpp servers {pair:.0f} CPU-s")
+        return "  cpu        " + ", ".join(parts)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         start, stop = getattr(report, "start", None), getattr(report, "stop", None)
@@ -314,6 +362,8 @@ class _Times:
                 )
         total = sum(r["wall"] for r in every if r["group"] == "total")
         write(f"  {'total':<10} {_minutes(total):>9} wall")
+        if line := self.cpu_line():
+            write(line)
 
 
 def _minutes(seconds: float) -> str:

@@ -81,7 +81,7 @@ _HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host
 # A replayed answer arrives at this fraction of the pace it was computed at: a lesson that
 # compares timings (a stream's first piece before a whole reply) still sees them in order,
 # and the machine's cores go to work that is not done yet.
-REPLAY_PACE = 0.25
+REPLAY_PACE = 0.05
 
 
 async def caching_front(upstream: str, stop: asyncio.Event) -> str:
