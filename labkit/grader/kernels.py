@@ -457,6 +457,14 @@ class Worker:
             # user's processes anywhere: what the box holds can no longer outlive it.
             self.cgroups.remove(kernel.cgroups)
             kill_user_processes([kernel.uid])
+        else:
+            # Without the sandbox nothing holds a box's processes together: a notebook that
+            # started the kit's runtime (exercise 1 does when no runtime answers in Ollama's
+            # dialect) left a daemon in a session of its own, which would outlive the run.
+            from labkit import runtime
+
+            home = kernel.scratch / ".labkit"
+            await asyncio.to_thread(runtime.down, state_dir=home, say=False)
         with contextlib.suppress(Exception):
             await kernel.km.cleanup_resources()
         _remove_box(kernel.box or kernel.scratch)
