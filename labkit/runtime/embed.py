@@ -52,8 +52,8 @@ def _embedding_model(backend: Backend, body: dict[str, Any]) -> tuple[Model, str
 async def embed(request: web.Request) -> web.Response:
     """POST /api/embed: one normalized vector per input, via llama.cpp's /v1/embeddings.
 
-    Texts embedded before come from the runtime's cache (``vectors.py``); as with Ollama's
-    prompt cache, ``prompt_eval_count`` counts only the tokens the model really read.
+    Texts embedded before come from the runtime's cache (``vectors.py``). As in Ollama,
+    ``prompt_eval_count`` is the number of tokens of every input, cached or not.
     """
     started = time.perf_counter()
     body = await read_object(request)
@@ -86,23 +86,24 @@ async def embed(request: web.Request) -> web.Response:
         batch_started = time.perf_counter()
         inputs = await fit_context(request.app, model, texts[start : start + EMBED_BATCH], truncate)
         found = [cache.get(model.name, given) for given in inputs]
-        todo = [n for n, vector in enumerate(found) if vector is None]
-        if not todo:  # every text was embedded before: nothing for llama.cpp to do
-            vectors += [vector for vector in found if vector is not None]
-            continue
-        async with fair_turn(request, model.url):  # the learner's turn (fairshare.py)
-            answer = await post_json(
-                request.app[SESSION],
-                model.url + "/v1/embeddings",
-                {"input": [inputs[n] for n in todo], "encoding_format": "float"},
-            )
-        data = sorted(answer["data"], key=lambda d: d["index"])
-        for n, item in zip(todo, data, strict=True):
-            found[n] = item["embedding"]
-            cache.put(model.name, inputs[n], item["embedding"])
-        vectors += [vector for vector in found if vector is not None]
-        tokens += int(answer.get("usage", {}).get("prompt_tokens", 0))
-        if load.generating and start + EMBED_BATCH < len(texts):
+        todo = [n for n, entry in enumerate(found) if entry is None]
+        if todo:  # else every text was embedded before: nothing for llama.cpp to do
+            async with fair_turn(request, model.url):  # the learner's turn (fairshare.py)
+                answer = await post_json(
+                    request.app[SESSION],
+                    model.url + "/v1/embeddings",
+                    {"input": [inputs[n] for n in todo], "encoding_format": "float"},
+                )
+            data = sorted(answer["data"], key=lambda d: d["index"])
+            counts = await _token_counts(request.app, model, [inputs[n] for n in todo], answer)
+            for n, item, count in zip(todo, data, counts, strict=True):
+                found[n] = (item["embedding"], count)
+                cache.put(model.name, inputs[n], item["embedding"], count)
+        for entry in found:
+            if entry is not None:
+                vectors.append(entry[0])
+                tokens += entry[1]
+        if todo and load.generating and start + EMBED_BATCH < len(texts):
             # Someone waits for generated tokens, and both share the CPU: rest as long as
             # the batch took, so a long embedding takes at most half of it meanwhile.
             await asyncio.sleep(time.perf_counter() - batch_started)
@@ -122,6 +123,23 @@ async def embed(request: web.Request) -> web.Response:
 def _normalize(vector: list[float]) -> list[float]:
     norm = math.sqrt(sum(x * x for x in vector)) or 1.0
     return [x / norm for x in vector]
+
+
+async def _token_counts(
+    app: web.Application, model: Model, inputs: list[str | list[int]], answer: dict[str, Any]
+) -> list[int]:
+    """The tokens of each input of one answered batch (llama.cpp reports only their sum)."""
+    if len(inputs) == 1:
+        return [int(answer.get("usage", {}).get("prompt_tokens", 0))]
+
+    async def count(given: str | list[int]) -> int:
+        if isinstance(given, list):  # already tokens: a text cut to the context
+            return len(given)
+        url = model.url + "/tokenize"
+        found = await post_json(app[SESSION], url, {"content": given, "add_special": True})
+        return len(found["tokens"])
+
+    return list(await asyncio.gather(*(count(given) for given in inputs)))
 
 
 async def fit_context(

@@ -3,8 +3,9 @@
 A course embeds the same texts again and again: a learner re-runs the RAG lesson, an exercise
 builds the index the lesson built, and on a class server thirty learners embed one handbook.
 An embedding depends only on the model and the text, so the runtime keeps recent vectors
-(least recently used dropped first, within a fixed number of bytes) and asks llama.cpp only
-for texts it has not seen. Nothing is written to disk.
+(least recently used dropped first, within a fixed number of bytes), each with the number of
+tokens the text is, and asks llama.cpp only for texts it has not seen. Nothing is written to
+disk.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ VECTOR_CACHE_BYTES = 16 * 1024 * 1024
 
 
 class VectorCache:
-    """A bounded least-recently-used map from (model, text) to its vector."""
+    """A bounded least-recently-used map from (model, text) to its vector and token count."""
 
     def __init__(self, max_bytes: int = VECTOR_CACHE_BYTES) -> None:
         self.max_bytes = max_bytes
@@ -29,7 +30,7 @@ class VectorCache:
         self.hits = 0
         self.misses = 0
         # Doubles, as parsed from llama.cpp's answer: a replayed vector is the same to the last digit.
-        self._vectors: OrderedDict[bytes, array[float]] = OrderedDict()
+        self._vectors: OrderedDict[bytes, tuple[array[float], int]] = OrderedDict()
 
     @staticmethod
     def _key(model: str, text: str | list[int]) -> bytes:
@@ -37,18 +38,18 @@ class VectorCache:
         shown = text if isinstance(text, str) else "\0tokens:" + ",".join(map(str, text))
         return hashlib.sha256(f"{model}\0{shown}".encode()).digest()
 
-    def get(self, model: str, text: str | list[int]) -> list[float] | None:
-        """The vector of ``text`` for ``model`` if it was computed before, else None."""
+    def get(self, model: str, text: str | list[int]) -> tuple[list[float], int] | None:
+        """The vector of ``text`` for ``model`` and its tokens if computed before, else None."""
         key = self._key(model, text)
-        vector = self._vectors.get(key)
-        if vector is None:
+        entry = self._vectors.get(key)
+        if entry is None:
             self.misses += 1
             return None
         self._vectors.move_to_end(key)
         self.hits += 1
-        return vector.tolist()
+        return entry[0].tolist(), entry[1]
 
-    def put(self, model: str, text: str | list[int], vector: list[float]) -> None:
+    def put(self, model: str, text: str | list[int], vector: list[float], tokens: int) -> None:
         """Keep one vector, dropping the least recently used ones beyond the byte limit."""
         kept = array("d", vector)
         size = kept.itemsize * len(kept)
@@ -58,10 +59,10 @@ class VectorCache:
         if key in self._vectors:
             self._vectors.move_to_end(key)
             return
-        self._vectors[key] = kept
+        self._vectors[key] = (kept, tokens)
         self.bytes += size
         while self.bytes > self.max_bytes:
-            _, dropped = self._vectors.popitem(last=False)
+            _, (dropped, _) = self._vectors.popitem(last=False)
             self.bytes -= dropped.itemsize * len(dropped)
 
     def __len__(self) -> int:
