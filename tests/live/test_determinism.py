@@ -21,6 +21,9 @@ import requests
 
 from labkit import runtime
 
+# Over a minute of both cores on a busy machine: in the full run, not in `./lab test --fast`.
+pytestmark = pytest.mark.slow
+
 ROUNDS = 1  # times each variant is sent amid the others (the bench sends 20)
 TOKENS = 24
 LOG = "\n".join(
