@@ -27,6 +27,7 @@ import re
 import secrets
 import shlex
 import shutil
+import socket
 import ssl
 import subprocess
 import sys
@@ -45,6 +46,7 @@ from labkit.errors import CourseUpdateError, InvalidInput, RuntimeUnavailable
 __all__ = [
     "MARK",
     "HubSettings",
+    "Ports",
     "TokenStore",
     "check_name",
     "check_reachable",
@@ -309,9 +311,37 @@ def learner_environment(settings: HubSettings, name: str, home: Path, token: str
     return env
 
 
+class Ports:
+    """Loopback ports for learners' servers, never the same one for two learners.
+
+    JupyterHub's local spawner picks a free port for each server as it starts it; two servers
+    starting at once can be given the same one. The second then cannot listen, the hub finds
+    the first one answering there and sends one learner's requests to the other's server.
+    """
+
+    def __init__(self, free_port: Callable[[], int] | None = None) -> None:
+        self.given: dict[str, int] = {}  # learner -> the port of their server
+        self.free_port = free_port or _free_port
+
+    def pick(self, name: str) -> int:
+        """A port free now and given to no other learner's server."""
+        taken = {port for who, port in self.given.items() if who != name}
+        while (port := self.free_port()) in taken:
+            pass
+        self.given[name] = port
+        return port
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 def spawn_hook(settings: HubSettings) -> Callable[[Any], Awaitable[None]]:
     """JupyterHub's ``Spawner.pre_spawn_hook`` for these settings."""
     store = TokenStore(settings.state_dir / "tokens.json")
+    ports = Ports()  # the hook runs in the hub's one event loop: no lock needed
 
     async def pre_spawn_hook(spawner: Any) -> None:
         name = spawner.user.name
@@ -329,6 +359,7 @@ def spawn_hook(settings: HubSettings) -> Callable[[Any], Awaitable[None]]:
             spawner.log.info("Copied the course %s into %s's home", settings.course, name)
         env = learner_environment(settings, name, Path(account.pw_dir), token)
         spawner.environment = {**spawner.environment, **env}  # this spawner's own dict
+        spawner.port = ports.pick(name)
 
     return pre_spawn_hook
 
