@@ -388,6 +388,14 @@ class LabPage:
 
     def cells(self) -> list[dict[str, Any]]:
         """Each cell of the notebook: kind, prompt, outputs (MIME type, text) and errors."""
+        # JupyterLab adds a long notebook's cells to the page a few at a time, when the
+        # browser is idle: on a busy machine some are not there yet. Read them all.
+        self.page.wait_for_function(
+            """nb => nb.querySelectorAll('.jp-Notebook-cell').length
+                === window.jupyterapp.shell.currentWidget.content.model.cells.length""",
+            arg=self.notebook.element_handle(),
+            timeout=60_000,
+        )
         errors: list[list[str]] = self.page.evaluate(MODEL_ERRORS)
         shown: list[dict[str, Any]] = self.notebook.evaluate(
             """nb => [...nb.querySelectorAll('.jp-Notebook-cell')].map(cell => ({
