@@ -27,7 +27,7 @@ from typing import Any
 import nbformat
 import pytest
 from needs import needs_root
-from test_grading_survival import _processes
+from processes import processes
 
 from labkit import discovery
 from labkit.errors import GradingError
@@ -162,7 +162,7 @@ def _kill_the_victims_grader_once() -> Iterator[list[int]]:
 
     def watch() -> None:
         while not done.is_set():
-            table = _processes()
+            table = processes()
             for pid, (_, cmdline) in table.items():
                 if MARK in cmdline and "sleep" in cmdline and pid not in markers:
                     grader = _grader_above(pid, table)

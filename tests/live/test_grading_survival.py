@@ -22,6 +22,7 @@ from typing import Any
 
 import nbformat
 import pytest
+from processes import processes
 
 from labkit import discovery
 from labkit.grader import assign, report
@@ -65,21 +66,6 @@ def _class(folder: Path, token: str, marked: str, seconds: float) -> None:
     _marked(TOY_CLASS / "perfect.ipynb", folder / f"{marked}.ipynb", token, seconds)
 
 
-def _processes() -> dict[int, tuple[int, str]]:
-    """Every process: its parent and command line."""
-    found = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = Path(entry.path, "stat").read_text()
-            cmdline = Path(entry.path, "cmdline").read_bytes().replace(b"\0", b" ")
-        except OSError:
-            continue
-        found[int(entry.name)] = (int(stat.rsplit(")", 1)[1].split()[1]), cmdline.decode())
-    return found
-
-
 def _worker_of(marker: int, grader: int, table: dict[int, tuple[int, str]]) -> int | None:
     """The grading worker above ``marker``: the process whose grandparent is the grader.
 
@@ -109,7 +95,7 @@ def _kill_workers_of_markers(
     """
     seen: list[int] = []
     while grader.poll() is None:
-        table = _processes()
+        table = processes()
         for pid, (_, cmdline) in table.items():
             if token in cmdline and "sleep" in cmdline and pid not in seen:
                 worker = _worker_of(pid, grader.pid, table)
@@ -127,7 +113,7 @@ def _kill_workers_of_markers(
 def _wait_for_marker(grader: subprocess.Popen[str], token: str) -> tuple[int, int, int]:
     """The marker process, the kernel that started it and the worker above them."""
     while grader.poll() is None:
-        table = _processes()
+        table = processes()
         for pid, (parent, cmdline) in table.items():
             if token in cmdline and "sleep" in cmdline:
                 worker = _worker_of(pid, grader.pid, table)
@@ -227,5 +213,5 @@ def test_a_killed_grade_command_keeps_its_rows(course: Path, tmp_path: Path, rt:
     rows = _rows(out)
     _untouched_and_others_are_graded(rows)
     assert (rows["zz-slow"]["total"], rows["zz-slow"]["status"]) == ("7", "ok")
-    left = _processes()
+    left = processes()
     assert marker not in left and kernel not in left and worker not in left

@@ -39,6 +39,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
+from processes import processes
 
 from labkit import runtime
 from labkit.grader import assign
@@ -208,11 +209,8 @@ def grade_solution(name: str, rt: Served, tmp: Path) -> dict[str, Any]:
     assert done.returncode == 0, f"labkit grade failed:\n{done.stdout}\n{done.stderr}"
     # Exercise 1 starts the kit's runtime when none answers in Ollama's dialect: the grader
     # must stop it with the notebook's box, even without the sandbox.
-    left = [
-        line
-        for line in _processes()
-        if "labkit.runtime.server" in line and "labkit-grading" in line
-    ]
+    commands = [command for _, command in processes().values()]
+    left = [c for c in commands if "labkit.runtime.server" in c and "labkit-grading" in c]
     assert not left, f"grading left a runtime running: {left}"
     state = json.loads((tmp / "out/state.json").read_text())
     result: dict[str, Any] = state["results"]["solution"]
@@ -220,16 +218,6 @@ def grade_solution(name: str, rt: Served, tmp: Path) -> dict[str, Any]:
     result["possible"] = key.possible
     result["total"] = sum(float(t.get("earned", 0)) for t in result["tests"])
     return result
-
-
-def _processes() -> list[str]:
-    """The command line of every process (Linux's /proc)."""
-    lines = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                lines.append((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode())
-    return lines
 
 
 def assert_full_marks(result: dict[str, Any], where: str) -> None:
