@@ -27,7 +27,6 @@ import re
 import secrets
 import shlex
 import shutil
-import socket
 import ssl
 import subprocess
 import sys
@@ -41,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from labkit import runtime
 from labkit.errors import CourseUpdateError, InvalidInput, RuntimeUnavailable
 
 __all__ = [
@@ -321,7 +321,7 @@ class Ports:
 
     def __init__(self, free_port: Callable[[], int] | None = None) -> None:
         self.given: dict[str, int] = {}  # learner -> the port of their server
-        self.free_port = free_port or _free_port
+        self.free_port = free_port or runtime.free_port
 
     def pick(self, name: str) -> int:
         """A port free now and given to no other learner's server."""
@@ -330,12 +330,6 @@ class Ports:
             pass
         self.given[name] = port
         return port
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def spawn_hook(settings: HubSettings) -> Callable[[Any], Awaitable[None]]:
