@@ -135,11 +135,16 @@ async def _token_counts(
     async def count(given: str | list[int]) -> int:
         if isinstance(given, list):  # already tokens: a text cut to the context
             return len(given)
-        url = model.url + "/tokenize"
-        found = await post_json(app[SESSION], url, {"content": given, "add_special": True})
-        return len(found["tokens"])
+        return len(await _tokenize(app, model, given, special=True))
 
     return list(await asyncio.gather(*(count(given) for given in inputs)))
+
+
+async def _tokenize(app: web.Application, model: Model, text: str, *, special: bool) -> list[int]:
+    """``text`` as the model's tokens (with the special ones it adds around an input, if asked)."""
+    url = model.url + "/tokenize"
+    answer = await post_json(app[SESSION], url, {"content": text, "add_special": special})
+    return list(answer["tokens"])
 
 
 async def fit_context(
@@ -160,15 +165,13 @@ async def fit_context(
         if head != text and not truncate:
             raise ApiError(400, "input exceeds maximum context length")
         text = head
-        session = app[SESSION]
-        url = model.url + "/tokenize"
-        tokens = (await post_json(session, url, {"content": text, "add_special": True}))["tokens"]
+        tokens = await _tokenize(app, model, text, special=True)
         if len(tokens) <= limit:
             fitted.append(text)
             continue
         if not truncate:
             raise ApiError(400, "input exceeds maximum context length")
-        plain = (await post_json(session, url, {"content": text, "add_special": False}))["tokens"]
+        plain = await _tokenize(app, model, text, special=False)
         # Keep the special token that closes the input ([SEP] for BERT), if one was added.
         closing = tokens[-1:] if plain and tokens[-1] != plain[-1] else []
         fitted.append(tokens[: limit - len(closing)] + closing)
