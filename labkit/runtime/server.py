@@ -291,8 +291,10 @@ async def serve(port: int, state_dir: Path, threads: int, *, shared: bool = Fals
         api_key=key,
         instance=identity.instance,
     )
-    runtime.write_record(record, state_dir)
+    # The fallback first: whoever reads runtime.json can count on the lock file already
+    # holding the same record, should runtime.json be damaged a moment later.
     runtime.publish_lock(lock, record)
+    runtime.write_record(record, state_dir)
     print(f"labkit runtime ready at {record.url} ({cap.cap} connections at most)", flush=True)
 
     stop = asyncio.Event()
